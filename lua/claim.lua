@@ -1,0 +1,50 @@
+-- claim.lua: admit one user to one code, or say why not. One atomic step.
+--
+-- KEYS[1] meta     hash  {limit, next}: next = first ticket never handed out
+-- KEYS[2] claims   hash  user -> ticket (pending or committed)
+-- KEYS[3] pending  zset  user -> claim time (ms); removed once committed
+-- KEYS[4] free     list  tickets given back by failed commits
+-- KEYS[5] stats    hash  rejection counters by reason
+-- ARGV[1] user id
+--
+-- Returns {1, ticket} claimed | {2} already claimed by this user | {3} sold out
+--       | {4} state missing (Redis lost it; the caller answers 503 and rebuilds)
+--
+-- Invariant: every ticket handed out is in [0, limit) and held by at most one
+-- user at a time; a user holds at most one ticket per code. All keys share the
+-- hash tag {code}, so this also runs on Redis Cluster.
+local meta, claims, pending, free, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local user = ARGV[1]
+
+local limit = tonumber(redis.call('HGET', meta, 'limit'))
+if not limit then
+  return {4}
+end
+if redis.call('HEXISTS', claims, user) == 1 then
+  redis.call('HINCRBY', stats, 'already_redeemed', 1)
+  return {2}
+end
+
+local ticket
+-- Tickets at or above the limit (left over after a limit was lowered) are dropped.
+while true do
+  local t = redis.call('LPOP', free)
+  if not t then break end
+  if tonumber(t) < limit then ticket = tonumber(t); break end
+end
+if not ticket then
+  local nxt = tonumber(redis.call('HGET', meta, 'next') or '0')
+  if nxt < limit then
+    ticket = nxt
+    redis.call('HSET', meta, 'next', nxt + 1)
+  end
+end
+if not ticket then
+  redis.call('HINCRBY', stats, 'sold_out', 1)
+  return {3}
+end
+
+local now = redis.call('TIME')
+redis.call('HSET', claims, user, ticket)
+redis.call('ZADD', pending, tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000), user)
+return {1, ticket}

@@ -1,0 +1,156 @@
+//! POST /auth/register and POST /auth/login.
+
+use actix_web::{web, HttpResponse};
+use serde::{Deserialize, Serialize};
+
+use super::{password, store, Role};
+use crate::error::ApiError;
+use crate::http::Json;
+use crate::startup::AppState;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/auth/register", web::post().to(register)).route("/auth/login", web::post().to(login));
+}
+
+/// A username that has passed the rules: 3-32 characters of `[a-z0-9_.-]`,
+/// stored lower-case so "Alice" and "alice" are one account.
+#[derive(Debug, Clone)]
+pub struct Username(String);
+
+impl Username {
+    pub fn parse(raw: &str) -> Result<Self, ApiError> {
+        let name = raw.trim().to_ascii_lowercase();
+        let ok_len = (3..=32).contains(&name.len());
+        let ok_chars = name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        if ok_len && ok_chars {
+            Ok(Username(name))
+        } else {
+            Err(ApiError::InvalidInput("username must be 3-32 characters of letters, digits, '_', '.' or '-'".into()))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Password rules: 8 to 128 characters. Long passphrases are welcome; the
+/// upper bound keeps a hashing request cheap to refuse.
+fn check_password(password: &str) -> Result<(), ApiError> {
+    let n = password.chars().count();
+    if (8..=128).contains(&n) {
+        Ok(())
+    } else {
+        Err(ApiError::InvalidInput("password must be 8-128 characters".into()))
+    }
+}
+
+fn check_phone(phone: &str) -> Result<(), ApiError> {
+    let digits = phone.strip_prefix('+').unwrap_or(phone);
+    if (5..=19).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(())
+    } else {
+        Err(ApiError::InvalidInput("phone must be 5-19 digits, optionally after '+'".into()))
+    }
+}
+
+#[derive(Deserialize)]
+pub struct RegisterRequest {
+    username: String,
+    password: String,
+    phone: Option<String>,
+}
+
+#[derive(Serialize)]
+struct RegisterResponse {
+    user_id: i64,
+    username: String,
+}
+
+async fn register(state: web::Data<AppState>, body: Json<RegisterRequest>) -> Result<HttpResponse, ApiError> {
+    let RegisterRequest { username, password, phone } = body.into_inner();
+    let username = Username::parse(&username)?;
+    check_password(&password)?;
+    if let Some(p) = &phone {
+        check_phone(p)?;
+    }
+    let password_hash = password::hash(password).await?;
+    let db = state.pg.get().await.map_err(crate::db::StoreError::from)?;
+    let new_user =
+        store::NewUser { username: username.as_str(), password_hash: &password_hash, phone: phone.as_deref() };
+    let user_id = store::insert_user(&db, &new_user).await?.ok_or(ApiError::UsernameTaken)?;
+    tracing::info!(user_id, "user registered");
+    Ok(HttpResponse::Created().json(RegisterResponse { user_id, username: username.0 }))
+}
+
+#[derive(Deserialize)]
+pub struct LoginRequest {
+    username: String,
+    password: String,
+}
+
+#[derive(Serialize)]
+pub struct LoginResponse {
+    pub access_token: String,
+    pub token_type: &'static str,
+    pub expires_in: u64,
+}
+
+/// Checks the credentials and returns the user's id. An unknown user and a
+/// wrong password get the same answer in about the same time.
+pub async fn authenticate(state: &AppState, username: &str, password: String) -> Result<i64, ApiError> {
+    // A name that breaks the rules cannot exist; still spend the hashing time.
+    let username = Username::parse(username).ok();
+    let stored = match &username {
+        Some(name) => {
+            let db = state.pg.get().await.map_err(crate::db::StoreError::from)?;
+            store::find_by_username(&db, name.as_str()).await?
+        }
+        None => None,
+    };
+    let (id, hash) = match stored {
+        Some(user) => (Some(user.id), Some(user.password_hash)),
+        None => (None, None),
+    };
+    let ok = password.len() <= 1024 && password::verify(password, hash).await?;
+    match id {
+        Some(id) if ok => Ok(id),
+        _ => Err(ApiError::InvalidCredentials),
+    }
+}
+
+pub fn issue_login(state: &AppState, user_id: i64) -> Result<LoginResponse, ApiError> {
+    Ok(LoginResponse {
+        access_token: state.tokens.issue(user_id, Role::User)?,
+        token_type: "Bearer",
+        expires_in: state.tokens.ttl().as_secs(),
+    })
+}
+
+async fn login(state: web::Data<AppState>, body: Json<LoginRequest>) -> Result<HttpResponse, ApiError> {
+    let LoginRequest { username, password } = body.into_inner();
+    let user_id = authenticate(&state, &username, password).await?;
+    Ok(HttpResponse::Ok().json(issue_login(&state, user_id)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usernames_are_normalised_and_checked() {
+        assert_eq!(Username::parse(" Alice_1 ").map(|u| u.0).ok().as_deref(), Some("alice_1"));
+        for bad in ["", "ab", "a b c", "émile", "x".repeat(33).as_str(), "semi;colon"] {
+            assert!(Username::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn password_and_phone_rules() {
+        assert!(check_password("12345678").is_ok());
+        assert!(check_password("1234567").is_err());
+        assert!(check_password(&"p".repeat(129)).is_err());
+        assert!(check_phone("+989121234567").is_ok());
+        assert!(check_phone("0912-123").is_err());
+    }
+}

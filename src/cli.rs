@@ -1,0 +1,105 @@
+//! The command line: one binary, five subcommands. Parsing only; each
+//! command calls into the library.
+
+use chrono::{DateTime, Utc};
+use clap::{Parser, Subcommand};
+
+use crate::auth::{store as users, Role};
+use crate::codes::routes::{create_code, CreateCode};
+use crate::config::Config;
+use crate::startup::{AppState, Application};
+use crate::{db, reconciler};
+
+#[derive(Parser)]
+#[command(name = "redeem-gateway", version, about = "Hands out limited rewards fairly under a traffic spike")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Migrate, reconcile once, and serve HTTP on HTTP_ADDR.
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Create a credit code in Postgres and load it into the Redis gate.
+    CreateCode {
+        #[arg(long)]
+        code: String,
+        /// Credit per redemption, an integer in the wallet's currency unit.
+        #[arg(long)]
+        amount: i64,
+        /// How many users may redeem it.
+        #[arg(long)]
+        limit: i64,
+        /// RFC 3339, e.g. 2026-12-01T00:00:00Z
+        #[arg(long)]
+        starts_at: Option<DateTime<Utc>>,
+        #[arg(long)]
+        ends_at: Option<DateTime<Utc>>,
+    },
+    /// Print a bearer token for a user (created without a usable password if
+    /// missing), for operators and load tests. Prints the bare token.
+    Token {
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        admin: bool,
+    },
+    /// Run one reconciler pass now and print what it did.
+    Reconcile,
+}
+
+pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve => {
+            let app = Application::build(config).await?;
+            tracing::info!(port = app.port(), "serving");
+            app.run_until_stopped().await?;
+        }
+        Command::Migrate => {
+            db::migrate(&config).await?;
+            println!("migrations applied");
+        }
+        Command::CreateCode { code, amount, limit, starts_at, ends_at } => {
+            db::migrate(&config).await?;
+            let state = AppState::connect(config).await?;
+            let input = CreateCode { code, amount, limit, starts_at, ends_at };
+            let code = create_code(&state.pg, &state.gate, input).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("{}", serde_json::to_string(&code)?);
+        }
+        Command::Token { user, admin } => {
+            let state = AppState::connect(config).await?;
+            let user_id = find_or_create_user(&state, &user).await?;
+            let role = if admin { Role::Admin } else { Role::User };
+            println!("{}", state.tokens.issue(user_id, role).map_err(|e| anyhow::anyhow!("{e}"))?);
+        }
+        Command::Reconcile => {
+            let state = AppState::connect(config).await?;
+            let stats = reconciler::run_once(&state).await?;
+            println!("{stats:?}");
+        }
+    }
+    Ok(())
+}
+
+async fn find_or_create_user(state: &AppState, name: &str) -> anyhow::Result<i64> {
+    let username = crate::auth::routes::Username::parse(name).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let db = state.pg.get().await?;
+    if let Some(user) = users::find_by_username(&db, username.as_str()).await? {
+        return Ok(user.id);
+    }
+    // "!" is not a valid PHC string: nobody can log in with a password.
+    let new = users::NewUser { username: username.as_str(), password_hash: "!", phone: None };
+    match users::insert_user(&db, &new).await? {
+        Some(id) => {
+            eprintln!("created user {} (id {id}) without a password", username.as_str());
+            Ok(id)
+        }
+        None => users::find_by_username(&db, username.as_str())
+            .await?
+            .map(|u| u.id)
+            .ok_or_else(|| anyhow::anyhow!("user vanished")),
+    }
+}

@@ -1,0 +1,11 @@
+//! Codes: what they are (model), where they live (store), the in-process
+//! cache the hot path reads, the report, and the admin routes.
+
+pub mod cache;
+pub mod model;
+pub mod report;
+pub mod routes;
+pub mod store;
+
+pub use cache::{CachedCode, CodeCache};
+pub use model::{Code, CodeName, CodeStatus};

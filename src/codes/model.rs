@@ -1,0 +1,136 @@
+//! A code and the rules that decide whether it can be redeemed now.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApiError;
+
+/// A code name that has passed the rules: 1-64 characters of `[A-Z0-9_-]`.
+/// Input is trimmed and upper-cased, so "spring" and "SPRING" are one code.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CodeName(String);
+
+impl CodeName {
+    pub const MAX_LEN: usize = 64;
+
+    pub fn parse(raw: &str) -> Result<Self, ApiError> {
+        let name = raw.trim().to_ascii_uppercase();
+        if name.is_empty() || name.len() > Self::MAX_LEN {
+            return Err(ApiError::InvalidInput(format!("code must be 1-{} characters", Self::MAX_LEN)));
+        }
+        if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+            return Err(ApiError::InvalidInput("code may contain only letters, digits, '_' and '-'".into()));
+        }
+        Ok(CodeName(name))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for CodeName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CodeStatus {
+    Active,
+    Paused,
+    Ended,
+}
+
+impl CodeStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CodeStatus::Active => "active",
+            CodeStatus::Paused => "paused",
+            CodeStatus::Ended => "ended",
+        }
+    }
+
+    pub fn from_db(s: &str) -> Self {
+        match s {
+            "paused" => CodeStatus::Paused,
+            "ended" => CodeStatus::Ended,
+            _ => CodeStatus::Active,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Code {
+    #[serde(skip)]
+    pub id: i64,
+    pub code: String,
+    /// Credit per redemption, in the wallet's currency unit (integer Toman).
+    pub amount: i64,
+    pub limit: i32,
+    pub starts_at: Option<DateTime<Utc>>,
+    pub ends_at: Option<DateTime<Utc>>,
+    pub status: CodeStatus,
+    pub created_at: DateTime<Utc>,
+}
+
+impl Code {
+    /// Whether the code may be redeemed at `now`: active and inside its window
+    /// (`starts_at` inclusive, `ends_at` exclusive).
+    pub fn check_redeemable(&self, now: DateTime<Utc>) -> Result<(), ApiError> {
+        match self.status {
+            CodeStatus::Active => {}
+            CodeStatus::Paused => return Err(ApiError::NotEligible("this code is paused".into())),
+            CodeStatus::Ended => return Err(ApiError::NotEligible("this code has ended".into())),
+        }
+        if self.starts_at.is_some_and(|s| now < s) {
+            return Err(ApiError::NotEligible("this code is not active yet".into()));
+        }
+        if self.ends_at.is_some_and(|e| now >= e) {
+            return Err(ApiError::NotEligible("this code has expired".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn code(starts: Option<i64>, ends: Option<i64>, status: CodeStatus) -> Code {
+        let t = |s: i64| Utc.timestamp_opt(s, 0).single();
+        Code {
+            id: 1,
+            code: "X".into(),
+            amount: 1,
+            limit: 1,
+            starts_at: starts.and_then(t),
+            ends_at: ends.and_then(t),
+            status,
+            created_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn the_window_is_start_inclusive_end_exclusive() {
+        let at = |s: i64| Utc.timestamp_opt(s, 0).single().unwrap_or_default();
+        let c = code(Some(100), Some(200), CodeStatus::Active);
+        assert!(c.check_redeemable(at(99)).is_err());
+        assert!(c.check_redeemable(at(100)).is_ok());
+        assert!(c.check_redeemable(at(199)).is_ok());
+        assert!(c.check_redeemable(at(200)).is_err());
+        assert!(code(None, None, CodeStatus::Active).check_redeemable(at(0)).is_ok());
+        assert!(code(None, None, CodeStatus::Paused).check_redeemable(at(0)).is_err());
+        assert!(code(None, None, CodeStatus::Ended).check_redeemable(at(0)).is_err());
+    }
+
+    #[test]
+    fn code_names_are_normalised_and_checked() {
+        assert_eq!(CodeName::parse(" spring-1 ").ok().map(|c| c.0).as_deref(), Some("SPRING-1"));
+        for bad in ["", "   ", "A{B}", "a b", "ö", &"X".repeat(65)] {
+            assert!(CodeName::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! The report of one code: Postgres's exact figures (redeemed, credited,
+//! first/last), the gate's live counters (or, if Redis lost them, the last
+//! figures the reconciler synced), and this process's unflushed rejections.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::cache::LocalReject;
+use super::model::{Code, CodeStatus};
+use super::store;
+use crate::db::StoreError;
+use crate::error::ApiError;
+use crate::startup::AppState;
+
+/// Rejection reasons always present in a report (zero when none).
+const REASONS: [&str; 4] = ["sold_out", "already_redeemed", "not_eligible", "try_again"];
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub code: String,
+    pub amount: i64,
+    pub limit: i32,
+    pub status: CodeStatus,
+    pub starts_at: Option<DateTime<Utc>>,
+    pub ends_at: Option<DateTime<Utc>>,
+    /// Committed redemptions (Postgres, exact).
+    pub redeemed: i64,
+    /// limit - redeemed.
+    pub remaining: i64,
+    /// Claims taken in Redis whose commit is still in flight.
+    pub pending: i64,
+    pub total_credited: i64,
+    pub rejected: BTreeMap<String, i64>,
+    pub first_at: Option<DateTime<Utc>>,
+    pub last_at: Option<DateTime<Utc>>,
+    /// "live" (read from Redis now) or "synced" (Redis unavailable: figures as of synced_at).
+    pub counters: &'static str,
+    pub synced_at: Option<DateTime<Utc>>,
+}
+
+pub async fn build(state: &AppState, code: &Code) -> Result<Report, ApiError> {
+    let db = state.pg.get().await.map_err(StoreError::from)?;
+    let summary = store::redemption_summary(&db, code.id).await?;
+    let synced = store::synced_counters(&db, code.id).await?;
+    let live = match state.gate.snapshot(&code.code).await {
+        Ok(snapshot) => snapshot,
+        Err(e) => {
+            tracing::warn!(error = %e, "report falls back to synced counters");
+            None
+        }
+    };
+    let mut rejected: BTreeMap<String, i64> = REASONS.iter().map(|r| (r.to_string(), 0)).collect();
+    let (counters, pending) = match &live {
+        Some(s) => {
+            rejected.extend(s.rejections.iter().map(|(k, v)| (k.clone(), *v)));
+            ("live", s.pending)
+        }
+        None => {
+            if let Some(map) = synced.rejections.as_object() {
+                rejected.extend(map.iter().filter_map(|(k, v)| v.as_i64().map(|v| (k.clone(), v))));
+            }
+            ("synced", 0)
+        }
+    };
+    if let Some(hints) = state.codes.hints_of(&code.code) {
+        for reason in LocalReject::ALL {
+            *rejected.entry(reason.as_str().to_string()).or_default() += hints.peek(reason) as i64;
+        }
+    }
+    Ok(Report {
+        code: code.code.clone(),
+        amount: code.amount,
+        limit: code.limit,
+        status: code.status,
+        starts_at: code.starts_at,
+        ends_at: code.ends_at,
+        redeemed: summary.redeemed,
+        remaining: (i64::from(code.limit) - summary.redeemed).max(0),
+        pending,
+        total_credited: summary.total_credited,
+        rejected,
+        first_at: summary.first_at,
+        last_at: summary.last_at,
+        counters,
+        synced_at: synced.synced_at,
+    })
+}

@@ -1,0 +1,193 @@
+//! The one place configuration is read: the environment, with a `.env` file
+//! loaded first by `main` (variables already set win). Every knob has a
+//! default that works with `scripts/services.sh`, except the JWT secret
+//! outside dev mode.
+
+use std::env;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// The secret shipped in `.env.example`; refused outside dev mode.
+pub const EXAMPLE_JWT_SECRET: &str = "dev-only-secret-change-me-0123456789abcdef";
+const MIN_SECRET_LEN: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{name} is not valid: {reason}")]
+    Invalid { name: &'static str, reason: String },
+    #[error("{0} must be set")]
+    Missing(&'static str),
+    #[error("JWT_SECRET is the example secret or shorter than {MIN_SECRET_LEN} bytes; set a real one (or APP_ENV=dev for local use)")]
+    WeakSecret,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppEnv {
+    Dev,
+    Production,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone)]
+pub struct Config {
+    pub app_env: AppEnv,
+    pub http_addr: String,
+    /// Actix worker threads; 0 = one per CPU.
+    pub http_workers: usize,
+    pub body_limit_bytes: usize,
+    pub database_url: String,
+    pub pg_pool_size: usize,
+    pub pg_statement_timeout: Duration,
+    pub redis_url: String,
+    pub redis_pool_size: usize,
+    pub redis_timeout: Duration,
+    /// Prepended to every Redis key, so several deployments (or tests) share one Redis.
+    pub redis_key_prefix: String,
+    pub jwt_secret: String,
+    pub jwt_ttl: Duration,
+    pub jwt_issuer: String,
+    pub jwt_audience: String,
+    pub jwt_leeway_seconds: u64,
+    pub currency: String,
+    /// How long a code's definition is served from the in-process cache.
+    pub code_cache_ttl: Duration,
+    /// How long a code seen sold out is refused without asking Redis.
+    pub sold_out_cache_ttl: Duration,
+    pub reconcile_interval: Duration,
+    /// A pending claim older than this with no Postgres row is released.
+    pub claim_grace: Duration,
+    pub log_format: LogFormat,
+}
+
+impl std::fmt::Debug for Config {
+    // Hand-written so the secret never reaches a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("app_env", &self.app_env)
+            .field("http_addr", &self.http_addr)
+            .field("database_url", &redact_url(&self.database_url))
+            .field("redis_url", &redact_url(&self.redis_url))
+            .field("redis_key_prefix", &self.redis_key_prefix)
+            .field("jwt_secret", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***{}", &url[..s], &url[at..]),
+        _ => url.to_string(),
+    }
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let app_env = match var_or("APP_ENV", "production").to_ascii_lowercase().as_str() {
+            "dev" | "development" | "local" | "test" => AppEnv::Dev,
+            "prod" | "production" => AppEnv::Production,
+            other => {
+                return Err(ConfigError::Invalid {
+                    name: "APP_ENV",
+                    reason: format!("{other:?} (use dev or production)"),
+                })
+            }
+        };
+        let log_format = match var_or("LOG_FORMAT", "text").as_str() {
+            "json" => LogFormat::Json,
+            "text" => LogFormat::Text,
+            other => {
+                return Err(ConfigError::Invalid {
+                    name: "LOG_FORMAT",
+                    reason: format!("{other:?} (use text or json)"),
+                })
+            }
+        };
+        let config = Config {
+            app_env,
+            http_addr: var_or("HTTP_ADDR", "127.0.0.1:8080"),
+            http_workers: parse_or("HTTP_WORKERS", 0)?,
+            body_limit_bytes: parse_or("BODY_LIMIT_BYTES", 16 * 1024)?,
+            database_url: env::var("DATABASE_URL").map_err(|_| ConfigError::Missing("DATABASE_URL"))?,
+            pg_pool_size: parse_or("PG_POOL_SIZE", 32)?,
+            pg_statement_timeout: Duration::from_millis(parse_or("PG_STATEMENT_TIMEOUT_MS", 5_000)?),
+            redis_url: env::var("REDIS_URL").map_err(|_| ConfigError::Missing("REDIS_URL"))?,
+            redis_pool_size: parse_or("REDIS_POOL_SIZE", 8)?,
+            redis_timeout: Duration::from_millis(parse_or("REDIS_TIMEOUT_MS", 1_000)?),
+            redis_key_prefix: var_or("REDIS_KEY_PREFIX", "rg"),
+            jwt_secret: env::var("JWT_SECRET").map_err(|_| ConfigError::Missing("JWT_SECRET"))?,
+            jwt_ttl: Duration::from_secs(parse_or("JWT_TTL_SECONDS", 3_600)?),
+            jwt_issuer: var_or("JWT_ISSUER", "redeem-gateway"),
+            jwt_audience: var_or("JWT_AUDIENCE", "redeem-gateway"),
+            jwt_leeway_seconds: parse_or("JWT_LEEWAY_SECONDS", 5)?,
+            currency: var_or("CURRENCY", "TOMAN"),
+            code_cache_ttl: Duration::from_millis(parse_or("CODE_CACHE_TTL_MS", 2_000)?),
+            sold_out_cache_ttl: Duration::from_millis(parse_or("SOLD_OUT_CACHE_MS", 500)?),
+            reconcile_interval: Duration::from_secs(parse_or("RECONCILE_INTERVAL_SECONDS", 5)?),
+            claim_grace: Duration::from_secs(parse_or("CLAIM_GRACE_SECONDS", 30)?),
+            log_format,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let weak = self.jwt_secret == EXAMPLE_JWT_SECRET || self.jwt_secret.len() < MIN_SECRET_LEN;
+        if weak && self.app_env != AppEnv::Dev {
+            return Err(ConfigError::WeakSecret);
+        }
+        if self.jwt_secret.is_empty() {
+            return Err(ConfigError::Missing("JWT_SECRET"));
+        }
+        if self.redis_key_prefix.contains(['{', '}']) {
+            return Err(ConfigError::Invalid {
+                name: "REDIS_KEY_PREFIX",
+                reason: "must not contain braces (they are the Redis Cluster hash tag)".into(),
+            });
+        }
+        for (name, value) in [("PG_POOL_SIZE", self.pg_pool_size), ("REDIS_POOL_SIZE", self.redis_pool_size)] {
+            if value == 0 {
+                return Err(ConfigError::Invalid { name, reason: "must be at least 1".into() });
+            }
+        }
+        if self.claim_grace <= self.pg_statement_timeout {
+            // A commit still running when its claim is swept would cost a retry.
+            return Err(ConfigError::Invalid {
+                name: "CLAIM_GRACE_SECONDS",
+                reason: "must be longer than PG_STATEMENT_TIMEOUT_MS".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn var_or(name: &str, default: &str) -> String {
+    env::var(name).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| default.to_string())
+}
+
+fn parse_or<T: FromStr>(name: &'static str, default: T) -> Result<T, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    match env::var(name) {
+        Ok(v) if !v.is_empty() => {
+            v.parse().map_err(|e: T::Err| ConfigError::Invalid { name, reason: format!("{v:?}: {e}") })
+        }
+        _ => Ok(default),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_lose_their_password_in_debug_output() {
+        assert_eq!(redact_url("postgres://u:secret@h:5/db"), "postgres://***@h:5/db");
+        assert_eq!(redact_url("redis://127.0.0.1:6379/"), "redis://127.0.0.1:6379/");
+    }
+}

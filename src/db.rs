@@ -1,0 +1,109 @@
+//! Postgres and Redis pools, and migrations (run under an advisory lock so two
+//! gateways starting together do not race).
+
+use std::time::Duration;
+
+use deadpool_postgres::{ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::NoTls;
+
+use crate::config::Config;
+use crate::error::ApiError;
+
+mod embedded {
+    refinery::embed_migrations!("migrations");
+}
+
+/// Any number; it only has to be the same for every gateway.
+const MIGRATION_LOCK_KEY: i64 = 0x7265_6465_656d; // "redeem"
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("no Postgres connection available: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("postgres: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+}
+
+impl StoreError {
+    /// True when retrying later may succeed: the database is down, restarting,
+    /// overloaded, or cancelled the statement. Nothing was written.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Pool(_) => true,
+            StoreError::Postgres(e) => match e.code() {
+                // No SQLSTATE: the connection itself failed or closed.
+                None => true,
+                Some(code) => {
+                    let class = &code.code()[..2];
+                    matches!(class, "08" | "53" | "57" | "40") || *code == SqlState::QUERY_CANCELED
+                }
+            },
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        if e.is_transient() {
+            tracing::warn!(error = %e, "database unavailable");
+            ApiError::TryAgain("the database is unavailable, try again shortly")
+        } else {
+            ApiError::internal(e)
+        }
+    }
+}
+
+pub fn pg_config(config: &Config) -> anyhow::Result<tokio_postgres::Config> {
+    let mut pg: tokio_postgres::Config =
+        config.database_url.parse().map_err(|e| anyhow::anyhow!("DATABASE_URL is not a valid Postgres URL: {e}"))?;
+    pg.connect_timeout(Duration::from_secs(5));
+    pg.application_name("redeem-gateway");
+    // Bounds every statement, so a commit can never outlive its claim's grace period.
+    pg.options(format!("-c statement_timeout={}", config.pg_statement_timeout.as_millis()));
+    Ok(pg)
+}
+
+pub fn pg_pool(config: &Config) -> anyhow::Result<Pool> {
+    let manager = deadpool_postgres::Manager::from_config(
+        pg_config(config)?,
+        NoTls,
+        ManagerConfig { recycling_method: RecyclingMethod::Fast },
+    );
+    Ok(Pool::builder(manager)
+        .max_size(config.pg_pool_size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(Duration::from_secs(2)))
+        .create_timeout(Some(Duration::from_secs(5)))
+        .build()?)
+}
+
+pub fn redis_pool(config: &Config) -> anyhow::Result<deadpool_redis::Pool> {
+    Ok(deadpool_redis::Config::from_url(&config.redis_url)
+        .builder()?
+        .max_size(config.redis_pool_size)
+        .runtime(deadpool_redis::Runtime::Tokio1)
+        .wait_timeout(Some(Duration::from_secs(2)))
+        .create_timeout(Some(Duration::from_secs(2)))
+        .recycle_timeout(Some(Duration::from_secs(1)))
+        .build()?)
+}
+
+/// Applies pending migrations. Safe to call from many gateways at once.
+pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+    let (mut client, connection) = pg_config(config)?
+        .connect(NoTls)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach Postgres at DATABASE_URL: {e}"))?;
+    let driver = tokio::spawn(connection);
+    client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY]).await?;
+    let report = embedded::migrations::runner().run_async(&mut client).await;
+    client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY]).await?;
+    drop(client);
+    let _ = driver.await;
+    let report = report?;
+    for m in report.applied_migrations() {
+        tracing::info!(migration = %m, "applied");
+    }
+    Ok(())
+}

@@ -1,0 +1,125 @@
+//! The one error type the HTTP layer answers with. Each variant has a stable
+//! snake_case code that clients switch on; status and JSON body are decided
+//! here and nowhere else. Internal errors are logged with their chain and
+//! answered without it.
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body is not JSON at all (syntax error, truncated, wrong content type).
+    #[error("{0}")]
+    MalformedJson(String),
+    /// JSON, but a field is missing, has the wrong type, or breaks a rule.
+    #[error("{0}")]
+    InvalidInput(String),
+    #[error("request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("the token has expired")]
+    TokenExpired,
+    #[error("wrong username or password")]
+    InvalidCredentials,
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("no such code")]
+    CodeNotFound,
+    #[error("username is already taken")]
+    UsernameTaken,
+    #[error("a code with this name already exists")]
+    CodeExists,
+    #[error("you have already redeemed this code")]
+    AlreadyRedeemed,
+    #[error("this code has been fully redeemed")]
+    SoldOut,
+    #[error("{0}")]
+    NotEligible(String),
+    /// Transient: Redis or Postgres is unavailable, or the code's gate is being
+    /// rebuilt. Safe to retry; nothing was taken.
+    #[error("{0}")]
+    TryAgain(&'static str),
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::MalformedJson(_) => "malformed_json",
+            ApiError::InvalidInput(_) => "invalid_input",
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::TokenExpired => "token_expired",
+            ApiError::InvalidCredentials => "invalid_credentials",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::CodeNotFound => "code_not_found",
+            ApiError::UsernameTaken => "username_taken",
+            ApiError::CodeExists => "code_exists",
+            ApiError::AlreadyRedeemed => "already_redeemed",
+            ApiError::SoldOut => "sold_out",
+            ApiError::NotEligible(_) => "not_eligible",
+            ApiError::TryAgain(_) => "try_again",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    pub fn internal(e: impl Into<anyhow::Error>) -> Self {
+        ApiError::Internal(e.into())
+    }
+}
+
+/// Seconds a client should wait before retrying a 503.
+pub const RETRY_AFTER_SECONDS: u32 = 1;
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorDetail<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorDetail<'a> {
+    code: &'a str,
+    message: String,
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::MalformedJson(_) => StatusCode::BAD_REQUEST,
+            ApiError::InvalidInput(_) | ApiError::NotEligible(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unauthorized(_) | ApiError::TokenExpired | ApiError::InvalidCredentials => {
+                StatusCode::UNAUTHORIZED
+            }
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) | ApiError::CodeNotFound => StatusCode::NOT_FOUND,
+            ApiError::UsernameTaken | ApiError::CodeExists | ApiError::AlreadyRedeemed => StatusCode::CONFLICT,
+            ApiError::SoldOut => StatusCode::GONE,
+            ApiError::TryAgain(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if let ApiError::Internal(e) = self {
+            tracing::error!(error = ?e, "internal error");
+        }
+        let mut response = HttpResponse::build(self.status_code());
+        match self {
+            ApiError::TryAgain(_) => {
+                response.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECONDS));
+            }
+            ApiError::Unauthorized(_) | ApiError::TokenExpired => {
+                response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+            }
+            _ => {}
+        }
+        response.json(ErrorBody { error: ErrorDetail { code: self.code(), message: self.to_string() } })
+    }
+}

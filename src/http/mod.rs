@@ -1,0 +1,113 @@
+//! The HTTP surface: composes every module's routes, sets body limits, and
+//! makes sure every error a client sees — ours or the framework's — is the
+//! JSON `{"error":{"code","message"}}`.
+
+pub mod health;
+
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::ServiceResponse;
+use actix_web::error::{JsonPayloadError, QueryPayloadError};
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::middleware::{ErrorHandlerResponse, ErrorHandlers};
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+
+pub use actix_web::web::{Json, Query};
+
+/// Every route of the service.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    health::configure(cfg);
+    crate::auth::routes::configure(cfg);
+    crate::wallet::routes::configure(cfg);
+    crate::redemption::routes::configure(cfg);
+    crate::codes::routes::configure(cfg);
+}
+
+/// Extractor settings: body limits and error mapping for JSON and query strings.
+pub fn extractor_configs(body_limit: usize) -> (web::JsonConfig, web::QueryConfig, web::PayloadConfig) {
+    let json = web::JsonConfig::default()
+        .limit(body_limit)
+        // Clients that forget the Content-Type still get their JSON parsed.
+        .content_type_required(false)
+        .content_type(|_| true)
+        .error_handler(move |e, _req| json_error(e, body_limit).into());
+    let query = web::QueryConfig::default().error_handler(|e, _req| query_error(e).into());
+    let payload = web::PayloadConfig::new(body_limit);
+    (json, query, payload)
+}
+
+fn json_error(e: JsonPayloadError, limit: usize) -> ApiError {
+    match e {
+        JsonPayloadError::Overflow { .. } | JsonPayloadError::OverflowKnownLength { .. } => {
+            ApiError::PayloadTooLarge(limit)
+        }
+        JsonPayloadError::Deserialize(e) => serde_error(e),
+        other => ApiError::MalformedJson(format!("could not read the JSON body: {other}")),
+    }
+}
+
+/// Syntax errors are 400 (not JSON); missing or wrong-typed fields are 422.
+pub fn serde_error(e: serde_json::Error) -> ApiError {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Data => ApiError::InvalidInput(format!("invalid body: {e}")),
+        Category::Syntax | Category::Eof | Category::Io => ApiError::MalformedJson(format!("malformed JSON: {e}")),
+    }
+}
+
+fn query_error(e: QueryPayloadError) -> ApiError {
+    ApiError::InvalidInput(format!("invalid query string: {e}"))
+}
+
+/// For routes whose body is optional: nothing (or whitespace) means
+/// `T::default()`, anything else must be valid JSON for `T`.
+pub fn parse_json_or_default<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(serde_error)
+}
+
+/// A safety net: any 4xx/5xx built by the framework rather than by `ApiError`
+/// (unknown method, payload errors, a panic-caught 500) is rewritten as our JSON.
+pub fn json_error_net() -> ErrorHandlers<BoxBody> {
+    ErrorHandlers::new().default_handler(|res: ServiceResponse<BoxBody>| {
+        let is_json = res
+            .response()
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+        if is_json {
+            return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
+        }
+        let status = res.status();
+        let error = match status.as_u16() {
+            404 => ApiError::NotFound("route"),
+            405 => ApiError::NotFound("route with this method"),
+            413 => ApiError::PayloadTooLarge(0),
+            400..=499 => ApiError::MalformedJson(status.canonical_reason().unwrap_or("bad request").into()),
+            _ => ApiError::internal(anyhow::anyhow!("framework error {status}")),
+        };
+        let mut fresh = error.error_response();
+        *fresh.status_mut() = status;
+        // Keep headers such as Allow or Retry-After that the original carried.
+        for (name, value) in res.response().headers() {
+            if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+                fresh.headers_mut().insert(name.clone(), value.clone());
+            }
+        }
+        fresh.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let (req, _) = res.into_parts();
+        Ok(ErrorHandlerResponse::Response(ServiceResponse::new(req, fresh).map_into_right_body()))
+    })
+}
+
+/// Unknown routes.
+pub async fn not_found(_req: HttpRequest) -> HttpResponse {
+    ApiError::NotFound("route").error_response()
+}
+
+#[allow(dead_code)]
+fn _assert_body<B: MessageBody>() {}

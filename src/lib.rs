@@ -1,0 +1,16 @@
+//! Redeem Gateway: a Redis-gated, Postgres-ledgered service that hands out
+//! limited rewards fairly under a traffic spike. See README.md and
+//! docs/ARCHITECTURE.md for the why; each module says what it owns.
+
+pub mod auth;
+pub mod cli;
+pub mod codes;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod http;
+pub mod reconciler;
+pub mod redemption;
+pub mod startup;
+pub mod telemetry;
+pub mod wallet;

@@ -1,0 +1,121 @@
+//! The reconciler: keeps the Redis gate and Postgres (the truth) in step.
+//! For each active code it rebuilds missing gate state, releases claims
+//! whose gateway died before committing, confirms committed ones, and syncs
+//! the gate's counters back to Postgres. It runs at start-up, every
+//! `RECONCILE_INTERVAL_SECONDS` (one gateway at a time, via a Redis lock), and
+//! by hand with `redeem-gateway reconcile`.
+
+pub mod rebuild;
+pub mod sweep;
+pub mod sync;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_cron_scheduler::{Job, JobScheduler};
+
+use crate::codes::store as codes_store;
+use crate::db::StoreError;
+use crate::startup::AppState;
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RunStats {
+    pub codes_checked: usize,
+    pub codes_rebuilt: usize,
+    pub claims_released: usize,
+    pub claims_confirmed: usize,
+    pub errors: usize,
+}
+
+/// One pass over every active code. Errors on one code are logged and do not
+/// stop the others.
+pub async fn run_once(state: &Arc<AppState>) -> Result<RunStats, StoreError> {
+    let started = Instant::now();
+    let codes = {
+        let db = state.pg.get().await?;
+        codes_store::active_codes(&db).await?
+    };
+    let mut stats = RunStats { codes_checked: codes.len(), ..Default::default() };
+    for code in &codes {
+        match rebuild::rebuild_if_missing(state, code).await {
+            Ok(true) => stats.codes_rebuilt += 1,
+            Ok(false) => {}
+            Err(e) => {
+                stats.errors += 1;
+                tracing::warn!(code = %code.code, error = %e, "rebuild failed");
+                continue;
+            }
+        }
+        match sweep::sweep_stale_claims(state, code).await {
+            Ok(s) => {
+                stats.claims_released += s.released;
+                stats.claims_confirmed += s.confirmed;
+            }
+            Err(e) => {
+                stats.errors += 1;
+                tracing::warn!(code = %code.code, error = %e, "sweep failed");
+            }
+        }
+        if let Err(e) = sync::sync_counters(state, code).await {
+            stats.errors += 1;
+            tracing::warn!(code = %code.code, error = %e, "counter sync failed");
+        }
+    }
+    tracing::info!(
+        codes_checked = stats.codes_checked,
+        codes_rebuilt = stats.codes_rebuilt,
+        claims_released = stats.claims_released,
+        claims_confirmed = stats.claims_confirmed,
+        errors = stats.errors,
+        duration_ms = started.elapsed().as_millis() as u64,
+        "reconciler run"
+    );
+    Ok(stats)
+}
+
+/// A run guarded twice: never two at once in this process (the scheduler
+/// lets runs overlap), and never two at once across gateways (Redis lock).
+pub async fn run_guarded(state: &Arc<AppState>) -> Option<RunStats> {
+    if state.reconciling.swap(true, Ordering::AcqRel) {
+        return None;
+    }
+    let lock_ttl = (state.config.reconcile_interval * 4).max(Duration::from_secs(30));
+    let result = match state.gate.try_lock("reconciler", lock_ttl.as_millis() as u64).await {
+        Ok(Some(guard)) => {
+            let stats = run_once(state).await;
+            if let Err(e) = state.gate.unlock(guard).await {
+                tracing::debug!(error = %e, "reconciler lock left to expire");
+            }
+            match stats {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, "reconciler run failed");
+                    None
+                }
+            }
+        }
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "reconciler cannot take its lock");
+            None
+        }
+    };
+    state.reconciling.store(false, Ordering::Release);
+    result
+}
+
+/// Starts the periodic job. Keep the scheduler alive as long as the app.
+pub async fn schedule(state: Arc<AppState>) -> anyhow::Result<JobScheduler> {
+    let scheduler = JobScheduler::new().await?;
+    let interval = state.config.reconcile_interval.max(Duration::from_secs(1));
+    let job = Job::new_repeated_async(interval, move |_id, _scheduler| {
+        let state = state.clone();
+        Box::pin(async move {
+            run_guarded(&state).await;
+        })
+    })?;
+    scheduler.add(job).await?;
+    scheduler.start().await?;
+    Ok(scheduler)
+}

@@ -1,0 +1,356 @@
+//! The Redis admission gate. Every key of one code shares the hash tag
+//! `{CODE}`, so each script touches one Cluster slot. The gate knows Redis and
+//! nothing of Postgres.
+
+use std::collections::HashMap;
+
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Script};
+
+use crate::config::Config;
+use crate::error::ApiError;
+
+#[derive(Debug, thiserror::Error)]
+#[error("redis: {0}")]
+pub struct GateError(#[from] redis::RedisError);
+
+impl From<GateError> for ApiError {
+    fn from(e: GateError) -> Self {
+        tracing::warn!(error = %e, "gate unavailable");
+        ApiError::TryAgain("the gate is unavailable, try again shortly")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// A slot is held for the user: commit it, or release it.
+    Granted {
+        ticket: i32,
+    },
+    AlreadyClaimed,
+    SoldOut,
+    /// Redis has no state for the code (flushed or restarted): rebuild first.
+    StateMissing,
+}
+
+/// What to do with a claim whose commit did not happen. See lua/release.lua.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Release {
+    /// Drop the claim and give the ticket back.
+    Free,
+    /// The user did redeem (Postgres says so): keep the claim, give the ticket back.
+    KeepClaim,
+    /// The ticket is used or out of range: drop the claim, keep the ticket out.
+    Discard,
+}
+
+impl Release {
+    fn as_arg(self) -> &'static str {
+        match self {
+            Release::Free => "free",
+            Release::KeepClaim => "keep",
+            Release::Discard => "discard",
+        }
+    }
+}
+
+/// The gate's figures for one code.
+#[derive(Debug, Clone, Default)]
+pub struct GateSnapshot {
+    pub limit: i64,
+    pub next: i64,
+    pub free: i64,
+    pub claims: i64,
+    pub pending: i64,
+    pub rejections: HashMap<String, i64>,
+}
+
+impl GateSnapshot {
+    /// Slots the gate can still hand out.
+    pub fn remaining(&self) -> i64 {
+        (self.limit - self.next).max(0) + self.free
+    }
+}
+
+struct Keys {
+    meta: String,
+    claims: String,
+    pending: String,
+    free: String,
+    stats: String,
+    base: String,
+}
+
+#[derive(Clone)]
+pub struct Gate {
+    conn: ConnectionManager,
+    prefix: String,
+    claim: Script,
+    release: Script,
+    install: Script,
+}
+
+impl Gate {
+    /// Connects (with automatic reconnection) and loads the scripts.
+    pub async fn connect(config: &Config) -> anyhow::Result<Self> {
+        let client = redis::Client::open(config.redis_url.as_str())
+            .map_err(|e| anyhow::anyhow!("REDIS_URL is not valid: {e}"))?;
+        let manager_config = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(Some(config.redis_timeout))
+            .set_connection_timeout(Some(config.redis_timeout))
+            .set_number_of_retries(2);
+        let conn = client
+            .get_connection_manager_with_config(manager_config)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot reach Redis at REDIS_URL: {e}"))?;
+        let gate = Gate {
+            conn,
+            prefix: config.redis_key_prefix.clone(),
+            claim: Script::new(include_str!("../../lua/claim.lua")),
+            release: Script::new(include_str!("../../lua/release.lua")),
+            install: Script::new(include_str!("../../lua/install.lua")),
+        };
+        gate.load_scripts().await?;
+        Ok(gate)
+    }
+
+    /// SCRIPT LOAD, so the first EVALSHA hits. (`invoke_async` reloads on NOSCRIPT
+    /// too, e.g. after a Redis restart.)
+    async fn load_scripts(&self) -> Result<(), GateError> {
+        let mut conn = self.conn.clone();
+        for script in [&self.claim, &self.release, &self.install] {
+            script.prepare_invoke().load_async(&mut conn).await?;
+        }
+        Ok(())
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn keys(&self, code: &str) -> Keys {
+        let base = format!("{}:code:{{{}}}", self.prefix, code);
+        Keys {
+            meta: format!("{base}:meta"),
+            claims: format!("{base}:claims"),
+            pending: format!("{base}:pending"),
+            free: format!("{base}:free"),
+            stats: format!("{base}:stats"),
+            base,
+        }
+    }
+
+    pub async fn ping(&self) -> Result<(), String> {
+        let mut conn = self.conn.clone();
+        redis::cmd("PING").query_async::<String>(&mut conn).await.map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    pub async fn claim(&self, code: &str, user_id: i64) -> Result<Claim, GateError> {
+        let k = self.keys(code);
+        let mut conn = self.conn.clone();
+        let reply: Vec<i64> = self
+            .claim
+            .key(&k.meta)
+            .key(&k.claims)
+            .key(&k.pending)
+            .key(&k.free)
+            .key(&k.stats)
+            .arg(user_id)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(match reply.as_slice() {
+            [1, ticket] => Claim::Granted { ticket: *ticket as i32 },
+            [2] => Claim::AlreadyClaimed,
+            [3] => Claim::SoldOut,
+            _ => Claim::StateMissing,
+        })
+    }
+
+    /// Undoes a claim (see `Release`). Returns whether anything changed.
+    pub async fn release(
+        &self,
+        code: &str,
+        user_id: i64,
+        ticket: i32,
+        mode: Release,
+        only_if_pending: bool,
+    ) -> Result<bool, GateError> {
+        let k = self.keys(code);
+        let mut conn = self.conn.clone();
+        let released: i64 = self
+            .release
+            .key(&k.meta)
+            .key(&k.claims)
+            .key(&k.pending)
+            .key(&k.free)
+            .arg(user_id)
+            .arg(ticket)
+            .arg(mode.as_arg())
+            .arg(if only_if_pending { "1" } else { "0" })
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(released == 1)
+    }
+
+    /// The claim is committed in Postgres: it is no longer pending.
+    pub async fn confirm(&self, code: &str, user_ids: &[i64]) -> Result<(), GateError> {
+        if user_ids.is_empty() {
+            return Ok(());
+        }
+        let k = self.keys(code);
+        let mut conn = self.conn.clone();
+        conn.zrem::<_, _, ()>(&k.pending, user_ids).await?;
+        Ok(())
+    }
+
+    /// Users whose claim has been pending since before `cutoff_ms` (Redis time,
+    /// ms), with their tickets; at most `max`.
+    pub async fn stale_claims(&self, code: &str, cutoff_ms: i64, max: usize) -> Result<Vec<(i64, i32)>, GateError> {
+        let k = self.keys(code);
+        let mut conn = self.conn.clone();
+        let users: Vec<i64> = redis::cmd("ZRANGE")
+            .arg(&k.pending)
+            .arg("-inf")
+            .arg(cutoff_ms)
+            .arg("BYSCORE")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(max)
+            .query_async(&mut conn)
+            .await?;
+        if users.is_empty() {
+            return Ok(vec![]);
+        }
+        let tickets: Vec<Option<i32>> = redis::cmd("HMGET").arg(&k.claims).arg(&users).query_async(&mut conn).await?;
+        Ok(users.into_iter().zip(tickets).filter_map(|(u, t)| t.map(|t| (u, t))).collect())
+    }
+
+    /// Redis's clock in ms (one clock for every gateway's claim timestamps).
+    pub async fn now_ms(&self) -> Result<i64, GateError> {
+        let mut conn = self.conn.clone();
+        let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut conn).await?;
+        Ok(secs * 1000 + micros / 1000)
+    }
+
+    pub async fn has_state(&self, code: &str) -> Result<bool, GateError> {
+        let mut conn = self.conn.clone();
+        Ok(conn.exists(self.keys(code).meta).await?)
+    }
+
+    /// Installs a code's state: `claims` (committed user -> ticket) and the
+    /// `free` tickets below `next`. Staged under temporary keys, then swapped
+    /// in by one script; meta last. Unless `force`, existing state wins.
+    pub async fn install(
+        &self,
+        code: &str,
+        limit: i32,
+        next: i32,
+        claims: &[(i64, i32)],
+        free: &[i32],
+        force: bool,
+    ) -> Result<bool, GateError> {
+        const CHUNK: usize = 5_000;
+        let k = self.keys(code);
+        let tag = rand::random::<u64>();
+        let staged_claims = format!("{}:staged:{tag:x}:claims", k.base);
+        let staged_free = format!("{}:staged:{tag:x}:free", k.base);
+        let mut conn = self.conn.clone();
+        for chunk in claims.chunks(CHUNK) {
+            let mut pipe = redis::pipe();
+            pipe.hset_multiple(&staged_claims, chunk).ignore().pexpire(&staged_claims, 600_000).ignore();
+            pipe.query_async::<()>(&mut conn).await?;
+        }
+        for chunk in free.chunks(CHUNK) {
+            let mut pipe = redis::pipe();
+            pipe.rpush(&staged_free, chunk).ignore().pexpire(&staged_free, 600_000).ignore();
+            pipe.query_async::<()>(&mut conn).await?;
+        }
+        let installed: i64 = self
+            .install
+            .key(&k.meta)
+            .key(&k.claims)
+            .key(&k.pending)
+            .key(&k.free)
+            .key(&staged_claims)
+            .key(&staged_free)
+            .arg(limit)
+            .arg(next)
+            .arg(if force { "1" } else { "0" })
+            .invoke_async(&mut conn)
+            .await?;
+        if installed == 1 {
+            // The staged keys were renamed: their expiry must not follow them.
+            let mut pipe = redis::pipe();
+            pipe.persist(&k.claims).ignore().persist(&k.free).ignore();
+            pipe.query_async::<()>(&mut conn).await?;
+        }
+        Ok(installed == 1)
+    }
+
+    pub async fn snapshot(&self, code: &str) -> Result<Option<GateSnapshot>, GateError> {
+        let k = self.keys(code);
+        let mut conn = self.conn.clone();
+        let (meta, free, claims, pending, rejections): (HashMap<String, i64>, i64, i64, i64, HashMap<String, i64>) =
+            redis::pipe()
+                .hgetall(&k.meta)
+                .llen(&k.free)
+                .hlen(&k.claims)
+                .zcard(&k.pending)
+                .hgetall(&k.stats)
+                .query_async(&mut conn)
+                .await?;
+        let Some(limit) = meta.get("limit").copied() else {
+            return Ok(None);
+        };
+        Ok(Some(GateSnapshot {
+            limit,
+            next: meta.get("next").copied().unwrap_or(0),
+            free,
+            claims,
+            pending,
+            rejections,
+        }))
+    }
+
+    /// Adds rejection counts counted in-process.
+    pub async fn add_rejections(&self, code: &str, counts: &[(&str, u64)]) -> Result<(), GateError> {
+        if counts.is_empty() {
+            return Ok(());
+        }
+        let k = self.keys(code);
+        let mut pipe = redis::pipe();
+        for (reason, n) in counts {
+            pipe.hincr(&k.stats, *reason, *n).ignore();
+        }
+        let mut conn = self.conn.clone();
+        pipe.query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Runs `f` only if this caller wins the lock `name` for `ttl_ms`.
+    pub async fn try_lock(&self, name: &str, ttl_ms: u64) -> Result<Option<LockGuard>, GateError> {
+        let key = format!("{}:lock:{name}", self.prefix);
+        let token = format!("{:x}", rand::random::<u128>());
+        let mut conn = self.conn.clone();
+        let won: Option<String> =
+            redis::cmd("SET").arg(&key).arg(&token).arg("NX").arg("PX").arg(ttl_ms).query_async(&mut conn).await?;
+        Ok(won.map(|_| LockGuard { key, token }))
+    }
+
+    /// Releases a lock if we still hold it (compare-and-delete).
+    pub async fn unlock(&self, guard: LockGuard) -> Result<(), GateError> {
+        let script = Script::new(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end",
+        );
+        let mut conn = self.conn.clone();
+        script.key(&guard.key).arg(&guard.token).invoke_async::<i64>(&mut conn).await?;
+        Ok(())
+    }
+}
+
+/// Proof of holding a Redis lock; hand it back to `Gate::unlock`.
+#[must_use]
+pub struct LockGuard {
+    key: String,
+    token: String,
+}

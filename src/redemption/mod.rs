@@ -1,0 +1,10 @@
+//! The redemption path: the Redis gate (claim / release, Lua), the Postgres
+//! commit (one statement: redemption + wallet + ledger), and the service that
+//! orders them. Only `service` knows both the gate and the commit.
+
+pub mod commit;
+pub mod gate;
+pub mod routes;
+pub mod service;
+
+pub use gate::Gate;

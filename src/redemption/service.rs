@@ -1,0 +1,105 @@
+//! POST /codes/use, in order: the cached code and its rules, the Redis claim,
+//! the Postgres commit, then confirm — or release if the commit did not happen.
+//! The only place that knows both the gate and the commit.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use serde::Serialize;
+
+use super::commit::{self, Committed};
+use super::gate::{Claim, Release};
+use crate::codes::cache::LocalReject;
+use crate::codes::{CachedCode, CodeName};
+use crate::db::StoreError;
+use crate::error::ApiError;
+use crate::reconciler;
+use crate::startup::AppState;
+
+#[derive(Debug, Serialize)]
+pub struct Redeemed {
+    pub code: String,
+    pub amount: i64,
+    pub balance: i64,
+}
+
+pub async fn redeem(state: &Arc<AppState>, user_id: i64, name: &CodeName) -> Result<Redeemed, ApiError> {
+    let code = state.codes.get(&state.pg, name.as_str()).await?.ok_or(ApiError::CodeNotFound)?;
+    if let Err(e) = code.code.check_redeemable(Utc::now()) {
+        code.hints.count(LocalReject::NotEligible);
+        return Err(e);
+    }
+    if code.hints.is_sold_out() {
+        code.hints.count(LocalReject::SoldOut);
+        return Err(ApiError::SoldOut);
+    }
+    match state.gate.claim(name.as_str(), user_id).await? {
+        Claim::Granted { ticket } => commit_claim(state, &code, user_id, ticket).await,
+        Claim::AlreadyClaimed => Err(ApiError::AlreadyRedeemed),
+        Claim::SoldOut => {
+            code.hints.mark_sold_out(state.config.sold_out_cache_ttl);
+            Err(ApiError::SoldOut)
+        }
+        Claim::StateMissing => {
+            code.hints.count(LocalReject::TryAgain);
+            reconciler::rebuild::request(state, &code.code);
+            Err(ApiError::TryAgain("this code is being restored, try again shortly"))
+        }
+    }
+}
+
+async fn commit_claim(
+    state: &Arc<AppState>,
+    code: &CachedCode,
+    user_id: i64,
+    ticket: i32,
+) -> Result<Redeemed, ApiError> {
+    let name = code.code.code.as_str();
+    let outcome = match state.pg.get().await {
+        Ok(db) => commit::commit(&db, code.code.id, user_id, ticket).await,
+        Err(e) => Err(StoreError::from(e)),
+    };
+    let (release, answer) = match outcome {
+        Ok(Committed::Credited { amount, balance, .. }) => {
+            // Best effort: the reconciler confirms whatever it finds committed.
+            if let Err(e) = state.gate.confirm(name, &[user_id]).await {
+                tracing::debug!(error = %e, "confirm deferred to the reconciler");
+            }
+            return Ok(Redeemed { code: code.code.code.clone(), amount, balance });
+        }
+        Ok(Committed::AlreadyRedeemed) => (Release::KeepClaim, ApiError::AlreadyRedeemed),
+        Ok(Committed::TicketTaken) => {
+            tracing::warn!(code = name, ticket, "gate handed out a committed ticket; state will be rebuilt");
+            (Release::Discard, ApiError::TryAgain("please try again"))
+        }
+        Ok(Committed::TicketOutOfRange) => (Release::Discard, ApiError::SoldOut),
+        Ok(Committed::UnknownUser) => (Release::Free, ApiError::Unauthorized("the token's user does not exist")),
+        Err(e) => (Release::Free, ApiError::from(e)),
+    };
+    match state.gate.release(name, user_id, ticket, release, false).await {
+        Ok(_) if release != Release::Discard => code.hints.clear_sold_out(),
+        Ok(_) => {}
+        // The claim stays pending; the reconciler releases it after the grace period.
+        Err(e) => tracing::warn!(code = name, ticket, error = %e, "release failed; left to the reconciler"),
+    }
+    if matches!(answer, ApiError::TryAgain(_)) {
+        code.hints.count(LocalReject::TryAgain);
+    }
+    Err(answer)
+}
+
+/// Moves the rejection counts this process kept in memory into Redis's stats.
+/// Counts that fail to reach Redis are kept for the next flush.
+pub async fn flush_local_rejections(state: &AppState) {
+    for code in state.codes.known() {
+        let counts = code.hints.take_counts();
+        if counts.is_empty() {
+            continue;
+        }
+        let named: Vec<(&str, u64)> = counts.iter().map(|(r, n)| (r.as_str(), *n)).collect();
+        if let Err(e) = state.gate.add_rejections(&code.code.code, &named).await {
+            tracing::debug!(error = %e, "rejection counts kept for the next flush");
+            code.hints.restore_counts(&counts);
+        }
+    }
+}

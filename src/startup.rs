@@ -1,0 +1,143 @@
+//! Builds the application: the shared state (pools, gate, caches, keys), the
+//! actix `App` (used alike by `serve` and the tests), and the background
+//! tasks (reconciler, rejection-count flusher).
+
+use std::collections::HashSet;
+use std::net::TcpListener;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::{web, App, HttpServer};
+use tracing_actix_web::TracingLogger;
+
+use crate::auth::TokenKeys;
+use crate::codes::CodeCache;
+use crate::config::Config;
+use crate::redemption::{service, Gate};
+use crate::{db, http, reconciler};
+
+pub struct AppState {
+    pub config: Config,
+    pub pg: deadpool_postgres::Pool,
+    /// For operator and reconciler work; the hot path uses the gate's own connection.
+    pub redis: deadpool_redis::Pool,
+    pub gate: Gate,
+    pub tokens: TokenKeys,
+    pub codes: CodeCache,
+    /// Codes (by id) with an on-demand rebuild in flight in this process.
+    pub rebuilding: Mutex<HashSet<i64>>,
+    /// A reconciler run is in progress in this process.
+    pub reconciling: AtomicBool,
+}
+
+impl AppState {
+    /// Connects to Postgres and Redis. Does not migrate.
+    pub async fn connect(config: Config) -> anyhow::Result<Arc<Self>> {
+        let pg = db::pg_pool(&config)?;
+        let redis = db::redis_pool(&config)?;
+        let gate = Gate::connect(&config).await?;
+        let state = AppState {
+            tokens: TokenKeys::new(&config),
+            codes: CodeCache::new(config.code_cache_ttl),
+            pg,
+            redis,
+            gate,
+            rebuilding: Mutex::new(HashSet::new()),
+            reconciling: AtomicBool::new(false),
+            config,
+        };
+        state.ping_postgres().await.map_err(|e| anyhow::anyhow!("cannot reach Postgres at DATABASE_URL: {e}"))?;
+        Ok(Arc::new(state))
+    }
+
+    pub async fn ping_postgres(&self) -> Result<(), String> {
+        let db = self.pg.get().await.map_err(|e| e.to_string())?;
+        db.simple_query("SELECT 1").await.map(|_| ()).map_err(|e| e.to_string())
+    }
+}
+
+/// A running application: its port and the server future to await.
+pub struct Application {
+    port: u16,
+    server: Server,
+    state: Arc<AppState>,
+    _scheduler: Option<tokio_cron_scheduler::JobScheduler>,
+}
+
+impl Application {
+    /// Migrates, connects, reconciles once, starts the background tasks and
+    /// binds `HTTP_ADDR` (port 0 picks a free one, for tests).
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        db::migrate(&config).await?;
+        let state = AppState::connect(config).await?;
+        // Before taking traffic: rebuild any gate state Redis lost, release
+        // claims whose gateway died.
+        reconciler::run_guarded(&state).await;
+        let scheduler = reconciler::schedule(state.clone()).await?;
+        spawn_rejection_flusher(state.clone());
+
+        let listener = TcpListener::bind(&state.config.http_addr)
+            .map_err(|e| anyhow::anyhow!("cannot bind HTTP_ADDR {}: {e}", state.config.http_addr))?;
+        let port = listener.local_addr()?.port();
+        let server = serve(state.clone(), listener)?;
+        Ok(Application { port, server, state, _scheduler: Some(scheduler) })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn state(&self) -> Arc<AppState> {
+        self.state.clone()
+    }
+
+    /// Runs until SIGINT/SIGTERM: actix stops accepting, lets in-flight
+    /// requests finish, then we flush the rejection counts.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let result = self.server.await;
+        service::flush_local_rejections(&self.state).await;
+        result
+    }
+}
+
+fn serve(state: Arc<AppState>, listener: TcpListener) -> anyhow::Result<Server> {
+    let workers = match state.config.http_workers {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        n => n,
+    };
+    let data = web::Data::from(state);
+    let server = HttpServer::new(move || {
+        let (json, query, payload) = http::extractor_configs(data.config.body_limit_bytes);
+        App::new()
+            .wrap(http::json_error_net())
+            .wrap(TracingLogger::default())
+            .app_data(data.clone())
+            .app_data(json)
+            .app_data(query)
+            .app_data(payload)
+            .configure(http::configure)
+            .default_service(web::to(http::not_found))
+    })
+    .workers(workers)
+    .backlog(4096)
+    .shutdown_timeout(30)
+    .listen(listener)?
+    .run();
+    Ok(server)
+}
+
+/// Rejections counted in-process (sold out from the cache, not eligible...)
+/// reach Redis's stats within this interval.
+const FLUSH_INTERVAL: Duration = Duration::from_millis(250);
+
+fn spawn_rejection_flusher(state: Arc<AppState>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(FLUSH_INTERVAL);
+        loop {
+            tick.tick().await;
+            service::flush_local_rejections(&state).await;
+        }
+    });
+}
