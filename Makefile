@@ -42,6 +42,7 @@ reconcile: .env services-up build
 
 ## Unit tests and integration tests against the project-local Redis + PostgreSQL.
 test: services-up
+	@$(SERVICES) clean-tests
 	$(CARGO) test --all-targets -- --test-threads=$${TEST_THREADS:-4}
 
 lint:

@@ -4,7 +4,7 @@
 # .local/ (git-ignored) and listens on loopback at non-default ports so it never
 # collides with a system service. Idempotent: `up` on running services is a no-op.
 #
-#   scripts/services.sh up | down | status | env
+#   scripts/services.sh up | down | status | env | clean-tests
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -110,7 +110,13 @@ case "${1:-}" in
   env)
     echo "DATABASE_URL=postgres://postgres@127.0.0.1:$PG_PORT/$PG_DB"
     echo "REDIS_URL=redis://127.0.0.1:$REDIS_PORT/" ;;
+  clean-tests)
+    # Databases and Redis keys left by earlier integration-test runs.
+    for db in $(psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -tAc "select datname from pg_database where datname like 'test\_%'"); do
+      psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "drop database if exists $db" >/dev/null
+    done
+    redis-cli -p "$REDIS_PORT" --scan --pattern 't_*' | xargs -r -n 500 redis-cli -p "$REDIS_PORT" del >/dev/null ;;
   pg-stop) data=$(pg_dir); pg_run "'$(pg_bin)/pg_ctl' -D '$data' -m fast -w stop" >/dev/null ;;
   pg-start) pg_up ;;
-  *) echo "usage: $0 up|down|status|env" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|env|clean-tests|pg-stop|pg-start" >&2; exit 2 ;;
 esac

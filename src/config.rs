@@ -87,7 +87,14 @@ fn redact_url(url: &str) -> String {
 
 impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
-        let app_env = match var_or("APP_ENV", "production").to_ascii_lowercase().as_str() {
+        Self::from_lookup(|name| env::var(name).ok())
+    }
+
+    /// Builds the config from any source of variables (the environment, or a
+    /// map in tests), applying defaults and validating.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let vars = Vars(&lookup);
+        let app_env = match vars.or("APP_ENV", "production").to_ascii_lowercase().as_str() {
             "dev" | "development" | "local" | "test" => AppEnv::Dev,
             "prod" | "production" => AppEnv::Production,
             other => {
@@ -97,7 +104,7 @@ impl Config {
                 })
             }
         };
-        let log_format = match var_or("LOG_FORMAT", "text").as_str() {
+        let log_format = match vars.or("LOG_FORMAT", "text").as_str() {
             "json" => LogFormat::Json,
             "text" => LogFormat::Text,
             other => {
@@ -109,26 +116,26 @@ impl Config {
         };
         let config = Config {
             app_env,
-            http_addr: var_or("HTTP_ADDR", "127.0.0.1:8080"),
-            http_workers: parse_or("HTTP_WORKERS", 0)?,
-            body_limit_bytes: parse_or("BODY_LIMIT_BYTES", 16 * 1024)?,
-            database_url: env::var("DATABASE_URL").map_err(|_| ConfigError::Missing("DATABASE_URL"))?,
-            pg_pool_size: parse_or("PG_POOL_SIZE", 32)?,
-            pg_statement_timeout: Duration::from_millis(parse_or("PG_STATEMENT_TIMEOUT_MS", 5_000)?),
-            redis_url: env::var("REDIS_URL").map_err(|_| ConfigError::Missing("REDIS_URL"))?,
-            redis_pool_size: parse_or("REDIS_POOL_SIZE", 8)?,
-            redis_timeout: Duration::from_millis(parse_or("REDIS_TIMEOUT_MS", 1_000)?),
-            redis_key_prefix: var_or("REDIS_KEY_PREFIX", "rg"),
-            jwt_secret: env::var("JWT_SECRET").map_err(|_| ConfigError::Missing("JWT_SECRET"))?,
-            jwt_ttl: Duration::from_secs(parse_or("JWT_TTL_SECONDS", 3_600)?),
-            jwt_issuer: var_or("JWT_ISSUER", "redeem-gateway"),
-            jwt_audience: var_or("JWT_AUDIENCE", "redeem-gateway"),
-            jwt_leeway_seconds: parse_or("JWT_LEEWAY_SECONDS", 5)?,
-            currency: var_or("CURRENCY", "TOMAN"),
-            code_cache_ttl: Duration::from_millis(parse_or("CODE_CACHE_TTL_MS", 2_000)?),
-            sold_out_cache_ttl: Duration::from_millis(parse_or("SOLD_OUT_CACHE_MS", 500)?),
-            reconcile_interval: Duration::from_secs(parse_or("RECONCILE_INTERVAL_SECONDS", 5)?),
-            claim_grace: Duration::from_secs(parse_or("CLAIM_GRACE_SECONDS", 30)?),
+            http_addr: vars.or("HTTP_ADDR", "127.0.0.1:8080"),
+            http_workers: vars.parse("HTTP_WORKERS", 0)?,
+            body_limit_bytes: vars.parse("BODY_LIMIT_BYTES", 16 * 1024)?,
+            database_url: vars.required("DATABASE_URL")?,
+            pg_pool_size: vars.parse("PG_POOL_SIZE", 32)?,
+            pg_statement_timeout: Duration::from_millis(vars.parse("PG_STATEMENT_TIMEOUT_MS", 5_000)?),
+            redis_url: vars.required("REDIS_URL")?,
+            redis_pool_size: vars.parse("REDIS_POOL_SIZE", 8)?,
+            redis_timeout: Duration::from_millis(vars.parse("REDIS_TIMEOUT_MS", 1_000)?),
+            redis_key_prefix: vars.or("REDIS_KEY_PREFIX", "rg"),
+            jwt_secret: vars.required("JWT_SECRET")?,
+            jwt_ttl: Duration::from_secs(vars.parse("JWT_TTL_SECONDS", 3_600)?),
+            jwt_issuer: vars.or("JWT_ISSUER", "redeem-gateway"),
+            jwt_audience: vars.or("JWT_AUDIENCE", "redeem-gateway"),
+            jwt_leeway_seconds: vars.parse("JWT_LEEWAY_SECONDS", 5)?,
+            currency: vars.or("CURRENCY", "TOMAN"),
+            code_cache_ttl: Duration::from_millis(vars.parse("CODE_CACHE_TTL_MS", 2_000)?),
+            sold_out_cache_ttl: Duration::from_millis(vars.parse("SOLD_OUT_CACHE_MS", 500)?),
+            reconcile_interval: Duration::from_secs(vars.parse("RECONCILE_INTERVAL_SECONDS", 5)?),
+            claim_grace: Duration::from_secs(vars.parse("CLAIM_GRACE_SECONDS", 30)?),
             log_format,
         };
         config.validate()?;
@@ -165,25 +172,65 @@ impl Config {
     }
 }
 
-fn var_or(name: &str, default: &str) -> String {
-    env::var(name).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| default.to_string())
-}
+struct Vars<'a, F: Fn(&str) -> Option<String>>(&'a F);
 
-fn parse_or<T: FromStr>(name: &'static str, default: T) -> Result<T, ConfigError>
-where
-    T::Err: std::fmt::Display,
-{
-    match env::var(name) {
-        Ok(v) if !v.is_empty() => {
-            v.parse().map_err(|e: T::Err| ConfigError::Invalid { name, reason: format!("{v:?}: {e}") })
+impl<F: Fn(&str) -> Option<String>> Vars<'_, F> {
+    fn get(&self, name: &str) -> Option<String> {
+        (self.0)(name).filter(|v| !v.is_empty())
+    }
+
+    fn or(&self, name: &str, default: &str) -> String {
+        self.get(name).unwrap_or_else(|| default.to_string())
+    }
+
+    fn required(&self, name: &'static str) -> Result<String, ConfigError> {
+        self.get(name).ok_or(ConfigError::Missing(name))
+    }
+
+    fn parse<T: FromStr>(&self, name: &'static str, default: T) -> Result<T, ConfigError>
+    where
+        T::Err: std::fmt::Display,
+    {
+        match self.get(name) {
+            Some(v) => v.parse().map_err(|e: T::Err| ConfigError::Invalid { name, reason: format!("{v:?}: {e}") }),
+            None => Ok(default),
         }
-        _ => Ok(default),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: std::collections::HashMap<String, String> =
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |name| map.get(name).cloned()
+    }
+
+    const BASE: [(&str, &str); 2] = [("DATABASE_URL", "postgres://h/db"), ("REDIS_URL", "redis://h/")];
+
+    #[test]
+    fn the_example_secret_is_refused_outside_dev() {
+        let with = |extra: &[(&str, &str)]| {
+            let mut pairs = BASE.to_vec();
+            pairs.extend_from_slice(extra);
+            Config::from_lookup(lookup(&pairs))
+        };
+        assert!(matches!(with(&[("JWT_SECRET", EXAMPLE_JWT_SECRET)]), Err(ConfigError::WeakSecret)));
+        assert!(matches!(with(&[("JWT_SECRET", "short")]), Err(ConfigError::WeakSecret)));
+        assert!(with(&[("JWT_SECRET", EXAMPLE_JWT_SECRET), ("APP_ENV", "dev")]).is_ok());
+        assert!(with(&[("JWT_SECRET", &"s".repeat(40))]).is_ok());
+        assert!(matches!(with(&[]), Err(ConfigError::Missing("JWT_SECRET"))));
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        let mut pairs = BASE.to_vec();
+        pairs.extend_from_slice(&[("JWT_SECRET", EXAMPLE_JWT_SECRET), ("APP_ENV", "dev"), ("PG_POOL_SIZE", "lots")]);
+        let err = Config::from_lookup(lookup(&pairs)).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("PG_POOL_SIZE"), "{err}");
+    }
 
     #[test]
     fn urls_lose_their_password_in_debug_output() {

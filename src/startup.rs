@@ -30,6 +30,8 @@ pub struct AppState {
     pub rebuilding: Mutex<HashSet<i64>>,
     /// A reconciler run is in progress in this process.
     pub reconciling: AtomicBool,
+    /// Held while local rejection counts are moved to Redis.
+    pub flushing: tokio::sync::Mutex<()>,
 }
 
 impl AppState {
@@ -46,6 +48,7 @@ impl AppState {
             gate,
             rebuilding: Mutex::new(HashSet::new()),
             reconciling: AtomicBool::new(false),
+            flushing: tokio::sync::Mutex::new(()),
             config,
         };
         state.ping_postgres().await.map_err(|e| anyhow::anyhow!("cannot reach Postgres at DATABASE_URL: {e}"))?;

@@ -103,37 +103,17 @@ fn unix_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{AppEnv, Config, LogFormat};
-
-    pub fn test_config(secret: &str) -> Config {
-        Config {
-            app_env: AppEnv::Dev,
-            http_addr: "127.0.0.1:0".into(),
-            http_workers: 1,
-            body_limit_bytes: 1024,
-            database_url: String::new(),
-            pg_pool_size: 1,
-            pg_statement_timeout: Duration::from_secs(1),
-            redis_url: String::new(),
-            redis_pool_size: 1,
-            redis_timeout: Duration::from_secs(1),
-            redis_key_prefix: "t".into(),
-            jwt_secret: secret.into(),
-            jwt_ttl: Duration::from_secs(60),
-            jwt_issuer: "redeem-gateway".into(),
-            jwt_audience: "redeem-gateway".into(),
-            jwt_leeway_seconds: 0,
-            currency: "TOMAN".into(),
-            code_cache_ttl: Duration::from_secs(1),
-            sold_out_cache_ttl: Duration::from_secs(1),
-            reconcile_interval: Duration::from_secs(1),
-            claim_grace: Duration::from_secs(30),
-            log_format: LogFormat::Text,
-        }
-    }
+    use crate::config::Config;
 
     fn keys() -> TokenKeys {
-        TokenKeys::new(&test_config("unit-test-secret-0123456789abcdef0123"))
+        let config = Config::from_lookup(|name| match name {
+            "DATABASE_URL" => Some("postgres://h/db".into()),
+            "REDIS_URL" => Some("redis://h/".into()),
+            "JWT_SECRET" => Some("unit-test-secret-0123456789abcdef0123".into()),
+            "JWT_LEEWAY_SECONDS" => Some("0".into()),
+            _ => None,
+        });
+        TokenKeys::new(&config.expect("valid test config"))
     }
 
     fn sign(claims: serde_json::Value, alg: Algorithm, secret: &[u8]) -> String {

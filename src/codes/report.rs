@@ -1,17 +1,17 @@
 //! The report of one code: Postgres's exact figures (redeemed, credited,
 //! first/last), the gate's live counters (or, if Redis lost them, the last
-//! figures the reconciler synced), and this process's unflushed rejections.
+//! figures the reconciler synced).
 
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::cache::LocalReject;
 use super::model::{Code, CodeStatus};
 use super::store;
 use crate::db::StoreError;
 use crate::error::ApiError;
+use crate::redemption::service::flush_local_rejections;
 use crate::startup::AppState;
 
 /// Rejection reasons always present in a report (zero when none).
@@ -41,6 +41,8 @@ pub struct Report {
 }
 
 pub async fn build(state: &AppState, code: &Code) -> Result<Report, ApiError> {
+    // This process's counts first, so the figures include them.
+    flush_local_rejections(state).await;
     let db = state.pg.get().await.map_err(StoreError::from)?;
     let summary = store::redemption_summary(&db, code.id).await?;
     let synced = store::synced_counters(&db, code.id).await?;
@@ -64,11 +66,6 @@ pub async fn build(state: &AppState, code: &Code) -> Result<Report, ApiError> {
             ("synced", 0)
         }
     };
-    if let Some(hints) = state.codes.hints_of(&code.code) {
-        for reason in LocalReject::ALL {
-            *rejected.entry(reason.as_str().to_string()).or_default() += hints.peek(reason) as i64;
-        }
-    }
     Ok(Report {
         code: code.code.clone(),
         amount: code.amount,

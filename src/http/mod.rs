@@ -4,7 +4,7 @@
 
 pub mod health;
 
-use actix_web::body::{BoxBody, MessageBody};
+use actix_web::body::BoxBody;
 use actix_web::dev::ServiceResponse;
 use actix_web::error::{JsonPayloadError, QueryPayloadError};
 use actix_web::http::header::{self, HeaderValue};
@@ -108,6 +108,3 @@ pub fn json_error_net() -> ErrorHandlers<BoxBody> {
 pub async fn not_found(_req: HttpRequest) -> HttpResponse {
     ApiError::NotFound("route").error_response()
 }
-
-#[allow(dead_code)]
-fn _assert_body<B: MessageBody>() {}

@@ -327,7 +327,7 @@ impl Gate {
         Ok(())
     }
 
-    /// Runs `f` only if this caller wins the lock `name` for `ttl_ms`.
+    /// Takes the lock `name` for `ttl_ms` if nobody holds it; `None` if somebody does.
     pub async fn try_lock(&self, name: &str, ttl_ms: u64) -> Result<Option<LockGuard>, GateError> {
         let key = format!("{}:lock:{name}", self.prefix);
         let token = format!("{:x}", rand::random::<u128>());

@@ -91,6 +91,8 @@ async fn commit_claim(
 /// Moves the rejection counts this process kept in memory into Redis's stats.
 /// Counts that fail to reach Redis are kept for the next flush.
 pub async fn flush_local_rejections(state: &AppState) {
+    // One flush at a time, so a report that flushes first sees every count.
+    let _guard = state.flushing.lock().await;
     for code in state.codes.known() {
         let counts = code.hints.take_counts();
         if counts.is_empty() {

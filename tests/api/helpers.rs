@@ -1,0 +1,296 @@
+//! spawn_app() and the checks every test shares.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use redeem_gateway::auth::Role;
+use redeem_gateway::codes::routes::{create_code, CreateCode};
+use redeem_gateway::codes::Code;
+use redeem_gateway::config::Config;
+use redeem_gateway::startup::{AppState, Application};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tokio_postgres::NoTls;
+
+pub const SECRET: &str = "integration-test-secret-0123456789abcdef";
+
+/// The Postgres server to create test databases on, and the Redis to use.
+fn service_urls() -> (String, String) {
+    let _ = dotenvy::dotenv();
+    let pg = std::env::var("TEST_DATABASE_URL")
+        .or_else(|_| std::env::var("DATABASE_URL"))
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5479/postgres".into());
+    let redis = std::env::var("TEST_REDIS_URL")
+        .or_else(|_| std::env::var("REDIS_URL"))
+        .unwrap_or_else(|_| "redis://127.0.0.1:6479/".into());
+    (pg, redis)
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub state: Arc<AppState>,
+    pub database: String,
+    /// The Postgres server's maintenance database, for acting on ours from outside.
+    pub server_url: String,
+    pub redis_url: String,
+    pub prefix: String,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(&[]).await
+}
+
+/// A fresh app; `overrides` are configuration variables (e.g. the grace period).
+pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
+    let (server_url, redis_url) = service_urls();
+    let id = format!("{:016x}", rand::random::<u64>());
+    let database = format!("test_{id}");
+    let database_url = create_database(&server_url, &database).await;
+    let prefix = format!("t_{id}");
+    let mut vars: HashMap<String, String> = [
+        ("APP_ENV", "dev"),
+        ("HTTP_ADDR", "127.0.0.1:0"),
+        ("HTTP_WORKERS", "2"),
+        ("DATABASE_URL", database_url.as_str()),
+        ("REDIS_URL", redis_url.as_str()),
+        ("REDIS_KEY_PREFIX", prefix.as_str()),
+        ("JWT_SECRET", SECRET),
+        ("PG_POOL_SIZE", "16"),
+        // The periodic reconciler would race the tests' own assertions; tests
+        // run it by hand. (Start-up still runs it once.)
+        ("RECONCILE_INTERVAL_SECONDS", "3600"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    for (k, v) in overrides {
+        vars.insert(k.to_string(), v.to_string());
+    }
+    let config = Config::from_lookup(|name| vars.get(name).cloned()).expect("test config");
+    let app = Application::build(config).await.expect("app builds");
+    let port = app.port();
+    let state = app.state();
+    tokio::spawn(app.run_until_stopped());
+    TestApp {
+        address: format!("http://127.0.0.1:{port}"),
+        client: reqwest::Client::builder().pool_max_idle_per_host(2048).build().unwrap(),
+        state,
+        database,
+        server_url,
+        redis_url,
+        prefix,
+    }
+}
+
+async fn create_database(server_url: &str, name: &str) -> String {
+    let (client, conn) = tokio_postgres::connect(server_url, NoTls)
+        .await
+        .expect("cannot reach the test PostgreSQL; start it with `scripts/services.sh up` (make test does this)");
+    tokio::spawn(conn);
+    client.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
+    let mut config: tokio_postgres::Config = server_url.parse().unwrap();
+    config.dbname(name);
+    let host = "127.0.0.1";
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let user = config.get_user().unwrap_or("postgres").to_string();
+    format!("postgres://{user}@{host}:{port}/{name}")
+}
+
+pub struct Response {
+    pub status: StatusCode,
+    pub body: Value,
+    pub headers: reqwest::header::HeaderMap,
+}
+
+impl Response {
+    /// The stable error code of a JSON error body ("" if it is not one).
+    pub fn error_code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+}
+
+impl TestApp {
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        token: Option<&str>,
+    ) -> Response {
+        let mut req = self.client.request(method, format!("{}{path}", self.address));
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        into_response(req.send().await.expect("request sent")).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value, token: Option<&str>) -> Response {
+        self.request(reqwest::Method::POST, path, Some(body), token).await
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Response {
+        self.request(reqwest::Method::GET, path, None, token).await
+    }
+
+    /// POST with a raw body (for malformed input).
+    pub async fn post_raw(&self, path: &str, body: Vec<u8>, token: Option<&str>) -> Response {
+        let mut req =
+            self.client.post(format!("{}{path}", self.address)).header("content-type", "application/json").body(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        into_response(req.send().await.expect("request sent")).await
+    }
+
+    pub async fn use_code(&self, token: &str, code: &str) -> Response {
+        self.post("/codes/use", json!({ "code": code }), Some(token)).await
+    }
+
+    pub async fn create_code(&self, code: &str, amount: i64, limit: i64) -> Code {
+        let input = CreateCode { code: code.into(), amount, limit, starts_at: None, ends_at: None };
+        create_code(&self.state.pg, &self.state.gate, input).await.expect("code created")
+    }
+
+    /// `n` users straight into the database (no password hashing: tests need
+    /// many users fast), with tokens minted by the app's own keys.
+    pub async fn create_users(&self, n: usize) -> Vec<(i64, String)> {
+        let db = self.state.pg.get().await.unwrap();
+        let tag = rand::random::<u32>();
+        let rows = db
+            .query(
+                "INSERT INTO users (username, password_hash)
+                 SELECT 'u' || $1::text || '_' || g, '!' FROM generate_series(1, $2::int) g RETURNING id",
+                &[&tag.to_string(), &(n as i32)],
+            )
+            .await
+            .unwrap();
+        rows.iter()
+            .map(|r| {
+                let id: i64 = r.get(0);
+                (id, self.state.tokens.issue(id, Role::User).unwrap())
+            })
+            .collect()
+    }
+
+    pub fn admin_token(&self) -> String {
+        self.state.tokens.issue(1_000_000_000, Role::Admin).unwrap()
+    }
+
+    pub async fn query_i64(&self, sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> i64 {
+        let db = self.state.pg.get().await.unwrap();
+        db.query_one(sql, params).await.unwrap().get(0)
+    }
+
+    /// The money invariants over the whole database: every balance equals the
+    /// sum of its ledger rows; every redemption has exactly one credit of its
+    /// amount and every credit a redemption.
+    pub async fn assert_money_invariants(&self) {
+        let mismatched = self
+            .query_i64(
+                "SELECT count(*) FROM wallets w
+                 WHERE w.balance <> (SELECT coalesce(sum(amount), 0) FROM ledger l WHERE l.user_id = w.user_id)",
+                &[],
+            )
+            .await;
+        assert_eq!(mismatched, 0, "wallets whose balance is not the sum of their ledger");
+        let orphan_ledger = self
+            .query_i64(
+                "SELECT count(*) FROM ledger l LEFT JOIN redemptions r ON l.reference = 'redemption:' || r.id
+                 WHERE r.id IS NULL OR r.amount <> l.amount OR r.user_id <> l.user_id",
+                &[],
+            )
+            .await;
+        assert_eq!(orphan_ledger, 0, "ledger rows without their redemption");
+        let uncredited = self
+            .query_i64(
+                "SELECT count(*) FROM redemptions r LEFT JOIN ledger l ON l.reference = 'redemption:' || r.id
+                 WHERE l.id IS NULL",
+                &[],
+            )
+            .await;
+        assert_eq!(uncredited, 0, "redemptions without their credit");
+        let ledger_without_wallet = self
+            .query_i64(
+                "SELECT count(DISTINCT user_id) FROM ledger WHERE user_id NOT IN (SELECT user_id FROM wallets)",
+                &[],
+            )
+            .await;
+        assert_eq!(ledger_without_wallet, 0);
+    }
+
+    /// Redemptions committed for a code, and how many distinct users hold them.
+    pub async fn redemption_counts(&self, code_id: i64) -> (i64, i64) {
+        let db = self.state.pg.get().await.unwrap();
+        let row = db
+            .query_one("SELECT count(*), count(DISTINCT user_id) FROM redemptions WHERE code_id = $1", &[&code_id])
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    }
+
+    pub async fn balance_of(&self, user_id: i64) -> i64 {
+        self.query_i64("SELECT coalesce((SELECT balance FROM wallets WHERE user_id = $1), 0)", &[&user_id]).await
+    }
+
+    pub async fn ledger_rows_of(&self, user_id: i64) -> i64 {
+        self.query_i64("SELECT count(*) FROM ledger WHERE user_id = $1", &[&user_id]).await
+    }
+
+    /// A raw Redis connection, for inspecting or damaging the gate's keys.
+    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.redis_url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap()
+    }
+
+    pub fn key(&self, code: &str, part: &str) -> String {
+        format!("{}:code:{{{code}}}:{part}", self.prefix)
+    }
+
+    /// Deletes every Redis key of this app (as a FLUSHALL would, for this test only).
+    pub async fn wipe_redis(&self) {
+        let mut conn = self.redis().await;
+        let keys: Vec<String> =
+            redis::cmd("KEYS").arg(format!("{}:*", self.prefix)).query_async(&mut conn).await.unwrap();
+        if !keys.is_empty() {
+            redis::cmd("DEL").arg(&keys).query_async::<()>(&mut conn).await.unwrap();
+        }
+    }
+
+    /// Fires `tokens.len()` requests for `code` at once (after a barrier), one per token.
+    pub async fn burst(&self, tokens: &[String], code: &str) -> Vec<Response> {
+        let barrier = Arc::new(tokio::sync::Barrier::new(tokens.len()));
+        let tasks: Vec<_> = tokens
+            .iter()
+            .map(|t| {
+                let (client, url, token, barrier) =
+                    (self.client.clone(), format!("{}/codes/use", self.address), t.clone(), barrier.clone());
+                let body = json!({ "code": code });
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    let res = client.post(url).bearer_auth(token).json(&body).send().await.expect("sent");
+                    into_response(res).await
+                })
+            })
+            .collect();
+        let mut out = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            out.push(t.await.unwrap());
+        }
+        out
+    }
+}
+
+async fn into_response(res: reqwest::Response) -> Response {
+    let status = res.status();
+    let headers = res.headers().clone();
+    let text = res.text().await.unwrap_or_default();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    Response { status, body, headers }
+}
+
+pub fn count_status(responses: &[Response], status: u16) -> usize {
+    responses.iter().filter(|r| r.status.as_u16() == status).count()
+}

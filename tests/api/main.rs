@@ -1,0 +1,12 @@
+//! Integration tests: each spawns the real app on a random port against its
+//! own fresh Postgres database and Redis key prefix (the project-local
+//! services from scripts/services.sh), and talks HTTP to it like a client.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod helpers;
+
+mod auth;
+mod bad_input;
+mod reconciler;
+mod redemption;
+mod wallet;
