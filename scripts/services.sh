@@ -73,15 +73,16 @@ redis_up() {
 pg_up() {
   local bin data sock
   bin=$(pg_bin) || die "PostgreSQL server binaries not found"
-  data=$(pg_dir); sock=$(dirname "$data")
-  mkdir -p "$data"
-  if [ "$(id -u)" = 0 ]; then chown postgres "$data" "$sock"; fi
-  chmod 700 "$data"
-  if [ ! -f "$data/PG_VERSION" ]; then
-    log "initialising PostgreSQL in $data"
-    pg_run "'$bin/initdb' -D '$data' -A trust -U postgres --no-sync >/dev/null"
-  fi
-  if ! pg_run "'$bin/pg_ctl' -D '$data' status" >/dev/null 2>&1; then
+  # A server already answering on the port (ours, from another checkout) is reused.
+  if ! pg_isready -q -h 127.0.0.1 -p "$PG_PORT"; then
+    data=$(pg_dir); sock=$(dirname "$data")
+    mkdir -p "$data"
+    if [ "$(id -u)" = 0 ]; then chown postgres "$data" "$sock"; fi
+    chmod 700 "$data"
+    if [ ! -f "$data/PG_VERSION" ]; then
+      log "initialising PostgreSQL in $data"
+      pg_run "'$bin/initdb' -D '$data' -A trust -U postgres --no-sync >/dev/null"
+    fi
     pg_run "'$bin/pg_ctl' -D '$data' -l '$data/postgres.log' -w -t 60 start -o \"-p $PG_PORT -k '$sock' -c listen_addresses=127.0.0.1 -c max_connections=$PG_MAX_CONNECTIONS\"" >/dev/null \
       || die "PostgreSQL did not start; see $data/postgres.log"
     log "postgres up on 127.0.0.1:$PG_PORT"
