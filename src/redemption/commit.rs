@@ -29,9 +29,10 @@ pub enum Committed {
     UnknownUser,
 }
 
+// Public so the benchmark can drive the very same statement through pgbench.
 // `amount` comes from the code's row, never from the caller. The ledger's
 // reference is unique, so a credit cannot land twice for one redemption.
-const COMMIT_SQL: &str = "
+pub const COMMIT_SQL: &str = "
 WITH r AS (
     INSERT INTO redemptions (code_id, user_id, ticket, amount)
     SELECT id, $2, $3, amount FROM codes WHERE id = $1
