@@ -150,6 +150,20 @@ impl TestApp {
         self.post("/codes/use", json!({ "code": code }), Some(token)).await
     }
 
+    /// Like a well-behaved client: on 503 wait (Retry-After) and try again,
+    /// up to `tries` times; returns the first other answer.
+    pub async fn use_code_retrying(&self, token: &str, code: &str, tries: usize) -> Response {
+        let mut res = self.use_code(token, code).await;
+        for _ in 1..tries {
+            if res.status != 503 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            res = self.use_code(token, code).await;
+        }
+        res
+    }
+
     pub async fn create_code(&self, code: &str, amount: i64, limit: i64) -> Code {
         let input = CreateCode { code: code.into(), amount, limit, starts_at: None, ends_at: None };
         create_code(&self.state.pg, &self.state.gate, input).await.expect("code created")
