@@ -2,8 +2,9 @@
 //! slots claimed by a gateway that died before committing.
 
 use redeem_gateway::reconciler;
+use redeem_gateway::redemption::gate::GateSnapshot;
 
-use crate::helpers::{count_status, spawn_app, spawn_app_with};
+use crate::helpers::{count_status, spawn_app, spawn_app_with, TestApp};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn lost_gate_state_answers_503_then_is_rebuilt_from_postgres() {
@@ -19,9 +20,8 @@ async fn lost_gate_state_answers_503_then_is_rebuilt_from_postgres() {
     let res = app.use_code(&users[3].1, "REBUILT").await;
     assert_eq!((res.status.as_u16(), res.error_code()), (503, "try_again"), "{:?}", res.body);
     assert!(res.headers.contains_key("retry-after"));
-    // The on-demand rebuild (or the reconciler) restores the state.
-    reconciler::run_once(&app.state).await.unwrap();
-    let gate = app.state.gate.snapshot("REBUILT").await.unwrap().expect("rebuilt");
+    // The on-demand rebuild the 503 started (or the reconciler) restores the state.
+    let gate = wait_for_gate_state(&app, "REBUILT").await;
     assert_eq!((gate.claims, gate.remaining()), (3, 2));
 
     // Earlier winners are still known; the rest compete for the 2 slots left.
@@ -31,6 +31,18 @@ async fn lost_gate_state_answers_503_then_is_rebuilt_from_postgres() {
     assert_eq!(count_status(&responses, 200), 2);
     assert_eq!(app.redemption_counts(code.id).await, (5, 5));
     app.assert_money_invariants().await;
+}
+
+/// Runs the reconciler until the code's gate state is back (5 s at most).
+async fn wait_for_gate_state(app: &TestApp, code: &str) -> GateSnapshot {
+    for _ in 0..50 {
+        reconciler::run_once(&app.state).await.unwrap();
+        if let Some(snapshot) = app.state.gate.snapshot(code).await.unwrap() {
+            return snapshot;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("the gate state of {code} was not rebuilt within 5 s");
 }
 
 #[tokio::test]
@@ -88,7 +100,7 @@ async fn the_report_survives_a_redis_loss_with_the_synced_counters() {
     let before = app.post("/codes/report", serde_json::json!({"code": "KEPT"}), Some(&admin)).await.body;
     reconciler::run_once(&app.state).await.unwrap(); // syncs the counters
     app.wipe_redis().await;
-    reconciler::run_once(&app.state).await.unwrap(); // rebuilds, seeding the counters
+    wait_for_gate_state(&app, "KEPT").await; // rebuilt, counters seeded from Postgres
     let after = app.post("/codes/report", serde_json::json!({"code": "KEPT"}), Some(&admin)).await.body;
     assert_eq!(before["rejected"], after["rejected"]);
     assert_eq!(after["rejected"]["sold_out"], 2);
