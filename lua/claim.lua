@@ -6,21 +6,32 @@
 -- KEYS[4] free     list  tickets given back by failed commits
 -- KEYS[5] stats    hash  rejection counters by reason
 -- ARGV[1] user id
+-- ARGV[2] grace period (ms): a claim pending for longer is presumed abandoned
 --
 -- Returns {1, ticket} claimed | {2} already claimed by this user | {3} sold out
 --       | {4} state missing (Redis lost it; the caller answers 503 and rebuilds)
+--       | {5, ticket} this user's claim has been pending past the grace period
+--         (its gateway probably died): the caller settles it against Postgres
 --
 -- Invariant: every ticket handed out is in [0, limit) and held by at most one
 -- user at a time; a user holds at most one ticket per code. All keys share the
 -- hash tag {code}, so this also runs on Redis Cluster.
 local meta, claims, pending, free, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local user = ARGV[1]
+local user, grace_ms = ARGV[1], tonumber(ARGV[2])
 
 local limit = tonumber(redis.call('HGET', meta, 'limit'))
 if not limit then
   return {4}
 end
-if redis.call('HEXISTS', claims, user) == 1 then
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+
+local held = redis.call('HGET', claims, user)
+if held then
+  local since = redis.call('ZSCORE', pending, user)
+  if since and now_ms - tonumber(since) > grace_ms then
+    return {5, tonumber(held)}
+  end
   redis.call('HINCRBY', stats, 'already_redeemed', 1)
   return {2}
 end
@@ -44,7 +55,6 @@ if not ticket then
   return {3}
 end
 
-local now = redis.call('TIME')
 redis.call('HSET', claims, user, ticket)
-redis.call('ZADD', pending, tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000), user)
+redis.call('ZADD', pending, now_ms, user)
 return {1, ticket}

@@ -28,6 +28,11 @@ pub enum Claim {
         ticket: i32,
     },
     AlreadyClaimed,
+    /// The user's own claim has been pending past the grace period: its
+    /// gateway probably died. Settle it against Postgres before answering.
+    Abandoned {
+        ticket: i32,
+    },
     SoldOut,
     /// Redis has no state for the code (flushed or restarted): rebuild first.
     StateMissing,
@@ -85,6 +90,7 @@ struct Keys {
 pub struct Gate {
     conn: ConnectionManager,
     prefix: String,
+    claim_grace_ms: u64,
     claim: Script,
     release: Script,
     install: Script,
@@ -106,6 +112,7 @@ impl Gate {
         let gate = Gate {
             conn,
             prefix: config.redis_key_prefix.clone(),
+            claim_grace_ms: config.claim_grace.as_millis() as u64,
             claim: Script::new(include_str!("../../lua/claim.lua")),
             release: Script::new(include_str!("../../lua/release.lua")),
             install: Script::new(include_str!("../../lua/install.lua")),
@@ -156,11 +163,13 @@ impl Gate {
             .key(&k.free)
             .key(&k.stats)
             .arg(user_id)
+            .arg(self.claim_grace_ms)
             .invoke_async(&mut conn)
             .await?;
         Ok(match reply.as_slice() {
             [1, ticket] => Claim::Granted { ticket: *ticket as i32 },
             [2] => Claim::AlreadyClaimed,
+            [5, ticket] => Claim::Abandoned { ticket: *ticket as i32 },
             [3] => Claim::SoldOut,
             _ => Claim::StateMissing,
         })

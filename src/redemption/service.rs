@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::commit::{self, Committed};
 use super::gate::{Claim, Release};
 use crate::codes::cache::LocalReject;
-use crate::codes::{CachedCode, CodeName};
+use crate::codes::{store as codes_store, CachedCode, CodeName};
 use crate::db::StoreError;
 use crate::error::ApiError;
 use crate::reconciler;
@@ -33,19 +33,55 @@ pub async fn redeem(state: &Arc<AppState>, user_id: i64, name: &CodeName) -> Res
         code.hints.count(LocalReject::SoldOut);
         return Err(ApiError::SoldOut);
     }
-    match state.gate.claim(name.as_str(), user_id).await? {
-        Claim::Granted { ticket } => commit_claim(state, &code, user_id, ticket).await,
-        Claim::AlreadyClaimed => Err(ApiError::AlreadyRedeemed),
-        Claim::SoldOut => {
-            code.hints.mark_sold_out(state.config.sold_out_cache_ttl);
-            Err(ApiError::SoldOut)
-        }
-        Claim::StateMissing => {
-            code.hints.count(LocalReject::TryAgain);
-            reconciler::rebuild::request(state, &code.code);
-            Err(ApiError::TryAgain("this code is being restored, try again shortly"))
-        }
+    let mut settled = false;
+    loop {
+        return match state.gate.claim(name.as_str(), user_id).await? {
+            Claim::Granted { ticket } => commit_claim(state, &code, user_id, ticket).await,
+            Claim::AlreadyClaimed => Err(ApiError::AlreadyRedeemed),
+            Claim::Abandoned { ticket } if !settled => {
+                settled = true;
+                if settle_abandoned_claim(state, &code, user_id, ticket).await? {
+                    Err(ApiError::AlreadyRedeemed)
+                } else {
+                    continue; // released: claim afresh, once
+                }
+            }
+            Claim::Abandoned { .. } => Err(ApiError::TryAgain("please try again")),
+            Claim::SoldOut => {
+                code.hints.mark_sold_out(state.config.sold_out_cache_ttl);
+                Err(ApiError::SoldOut)
+            }
+            Claim::StateMissing => {
+                code.hints.count(LocalReject::TryAgain);
+                reconciler::rebuild::request(state, &code.code);
+                Err(ApiError::TryAgain("this code is being restored, try again shortly"))
+            }
+        };
     }
+}
+
+/// The user's claim has been pending past the grace period, so no commit for
+/// it can still be running (statements time out sooner). Postgres decides:
+/// a row means it was committed (confirm it; true), none means its gateway
+/// died first (release it; false). The reconciler does the same in bulk.
+async fn settle_abandoned_claim(
+    state: &AppState,
+    code: &CachedCode,
+    user_id: i64,
+    ticket: i32,
+) -> Result<bool, ApiError> {
+    let name = code.code.code.as_str();
+    let committed = {
+        let db = state.pg.get().await.map_err(StoreError::from)?;
+        !codes_store::users_with_redemption(&db, code.code.id, &[user_id]).await?.is_empty()
+    };
+    if committed {
+        state.gate.confirm(name, &[user_id]).await?;
+    } else {
+        state.gate.release(name, user_id, ticket, Release::Free, true).await?;
+        tracing::info!(code = name, user_id, ticket, "abandoned claim released on the user's retry");
+    }
+    Ok(committed)
 }
 
 async fn commit_claim(

@@ -107,3 +107,23 @@ async fn the_report_survives_a_redis_loss_with_the_synced_counters() {
     assert_eq!((after["redeemed"].as_i64(), after["remaining"].as_i64()), (Some(1), Some(0)));
     assert!(after["synced_at"].is_string());
 }
+
+#[tokio::test]
+async fn a_user_whose_own_claim_was_abandoned_is_settled_on_retry() {
+    let app = spawn_app_with(&[("CLAIM_GRACE_SECONDS", "1"), ("PG_STATEMENT_TIMEOUT_MS", "500")]).await;
+    let code = app.create_code("RETRY", 10, 1).await;
+    let (user, token) = app.create_users(1).await.remove(0);
+    // The user's first request reached a gateway that claimed, then died.
+    let claim = app.state.gate.claim("RETRY", user).await.unwrap();
+    assert!(matches!(claim, redeem_gateway::redemption::gate::Claim::Granted { .. }));
+
+    // While a commit could still be running, the claim stands.
+    assert_eq!(app.use_code(&token, "RETRY").await.status, 409);
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    // Past the grace period the retry settles it at once, without the reconciler.
+    let res = app.use_code(&token, "RETRY").await;
+    assert_eq!(res.status, 200, "{:?}", res.body);
+    assert_eq!(app.redemption_counts(code.id).await, (1, 1));
+    assert_eq!(app.balance_of(user).await, 10);
+    app.assert_money_invariants().await;
+}
