@@ -38,6 +38,15 @@ pub struct Report {
     /// "live" (read from Redis now) or "synced" (Redis unavailable: figures as of synced_at).
     pub counters: &'static str,
     pub synced_at: Option<DateTime<Utc>>,
+    /// What the reconciler last wrote back to Postgres from the gate.
+    pub synced: Synced,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Synced {
+    pub remaining: Option<i32>,
+    pub rejected: serde_json::Value,
+    pub at: Option<DateTime<Utc>>,
 }
 
 pub async fn build(state: &AppState, code: &Code) -> Result<Report, ApiError> {
@@ -82,5 +91,6 @@ pub async fn build(state: &AppState, code: &Code) -> Result<Report, ApiError> {
         last_at: summary.last_at,
         counters,
         synced_at: synced.synced_at,
+        synced: Synced { remaining: synced.remaining, rejected: synced.rejections, at: synced.synced_at },
     })
 }

@@ -23,6 +23,8 @@ pub struct Progress {
     pub successes: AtomicUsize,
     pub finished: AtomicUsize,
     pub retries: AtomicUsize,
+    /// Answers that are neither final nor 503 (a 500, say): must stay 0.
+    pub unexpected: AtomicUsize,
 }
 
 /// The gateways a client may reach; a test swaps them as it kills some.
@@ -123,6 +125,9 @@ async fn redeem_until_final(
                 let status = res.status().as_u16();
                 if matches!(status, 200 | 404 | 409 | 410 | 422) {
                     return status;
+                }
+                if status != 503 {
+                    progress.unexpected.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }

@@ -44,6 +44,7 @@ impl Setup {
     async fn finish(&self, wave: tokio::task::JoinHandle<Vec<Outcome>>, progress: &Progress) {
         let mut outcomes = wave.await.unwrap();
         assert!(progress.retries.load(Ordering::Relaxed) > 0, "the fault did not touch the burst");
+        assert_eq!(progress.unexpected.load(Ordering::Relaxed), 0, "answers other than final ones or 503");
         load::wait_for_settled(&self.env, &self.targets, self.code).await;
         let fresh = load::create_users(&self.env, LIMIT as usize).await;
         let second =
