@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
-use tracing_actix_web::TracingLogger;
 
 use crate::auth::TokenKeys;
 use crate::codes::CodeCache;
@@ -73,6 +72,7 @@ impl Application {
     /// Migrates, connects, reconciles once, starts the background tasks and
     /// binds `HTTP_ADDR` (port 0 picks a free one, for tests).
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        crate::telemetry::prometheus();
         db::migrate(&config).await?;
         let state = AppState::connect(config).await?;
         // Before taking traffic: rebuild any gate state Redis lost, release
@@ -115,7 +115,7 @@ fn serve(state: Arc<AppState>, listener: TcpListener) -> anyhow::Result<Server> 
         let (json, query, payload) = http::extractor_configs(data.config.body_limit_bytes);
         App::new()
             .wrap(http::json_error_net())
-            .wrap(TracingLogger::default())
+            .wrap(actix_web::middleware::from_fn(http::observe::observe))
             .app_data(data.clone())
             .app_data(json)
             .app_data(query)

@@ -1,6 +1,11 @@
-//! Tracing set-up, once per process: `RUST_LOG` filters (default `info`),
-//! `LOG_FORMAT=json` for structured logs.
+//! Logs and metrics, set up once per process. Tracing: `RUST_LOG` filters
+//! (default `info`), `LOG_FORMAT=json` for structured logs. Metrics: a
+//! Prometheus recorder rendered at /metrics; every metric name is a constant
+//! here, so they are easy to find and never misspelt.
 
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
@@ -10,7 +15,45 @@ pub fn init(format: LogFormat) {
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     // try_init: a second call (tests) is a no-op, not a panic.
     let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Json => builder.json().with_current_span(true).try_init(),
         LogFormat::Text => builder.try_init(),
     };
+}
+
+/// HTTP requests, by `route` (the pattern, not the raw path), `method`, `status`.
+pub const HTTP_REQUESTS: &str = "http_requests_total";
+pub const HTTP_DURATION: &str = "http_request_duration_seconds";
+/// Redemptions by `code` and `outcome` (success, sold_out, already_redeemed,
+/// not_eligible, code_not_found, try_again, error).
+pub const REDEMPTIONS: &str = "redemptions_total";
+/// Time of the Redis claim script, and of the Postgres commit statement.
+pub const GATE_DURATION: &str = "gate_claim_duration_seconds";
+pub const COMMIT_DURATION: &str = "commit_duration_seconds";
+/// Pool gauges, by `pool` (postgres, redis): size, idle, waiting.
+pub const POOL_SIZE: &str = "pool_connections";
+pub const POOL_IDLE: &str = "pool_connections_idle";
+pub const POOL_WAITING: &str = "pool_waiters";
+/// Reconciler runs, claims released, claims confirmed, codes rebuilt, run time.
+pub const RECONCILER_RUNS: &str = "reconciler_runs_total";
+pub const RECONCILER_RELEASED: &str = "reconciler_claims_released_total";
+pub const RECONCILER_CONFIRMED: &str = "reconciler_claims_confirmed_total";
+pub const RECONCILER_REBUILDS: &str = "reconciler_codes_rebuilt_total";
+pub const RECONCILER_DURATION: &str = "reconciler_run_duration_seconds";
+
+const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// The process-wide Prometheus recorder (installed on first use).
+pub fn prometheus() -> Option<&'static PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .ok()?
+                .build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).ok()?;
+            Some(handle)
+        })
+        .as_ref()
 }

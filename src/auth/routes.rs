@@ -1,15 +1,19 @@
 //! POST /auth/register and POST /auth/login.
 
+use actix_web::http::Method;
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::{password, store, Role};
 use crate::error::ApiError;
-use crate::http::Json;
+use crate::error::ErrorBody;
+use crate::http::{route, Json};
 use crate::startup::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/auth/register", web::post().to(register)).route("/auth/login", web::post().to(login));
+    route(cfg, Method::POST, "/auth/register", register);
+    route(cfg, Method::POST, "/auth/login", login);
 }
 
 /// A username that has passed the rules: 3-32 characters of `[a-z0-9_.-]`,
@@ -54,20 +58,33 @@ fn check_phone(phone: &str) -> Result<(), ApiError> {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct RegisterRequest {
+    /// 3-32 characters of `a-z 0-9 _ . -` (case-insensitive).
+    #[schema(example = "sara")]
     username: String,
+    /// 8-128 characters.
+    #[schema(example = "a-long-password")]
     password: String,
+    /// 5-19 digits, optionally after `+`.
+    #[schema(example = "+989121234567")]
     phone: Option<String>,
 }
 
-#[derive(Serialize)]
-struct RegisterResponse {
+#[derive(Serialize, ToSchema)]
+pub struct RegisterResponse {
     user_id: i64,
     username: String,
 }
 
-async fn register(state: web::Data<AppState>, body: Json<RegisterRequest>) -> Result<HttpResponse, ApiError> {
+/// Create an account.
+#[utoipa::path(post, path = "/auth/register", tag = "auth", request_body = RegisterRequest, responses(
+    (status = 201, body = RegisterResponse),
+    (status = 409, description = "username_taken", body = ErrorBody),
+    (status = 400, description = "malformed_json", body = ErrorBody),
+    (status = 422, description = "invalid_input", body = ErrorBody),
+    (status = 413, description = "payload_too_large", body = ErrorBody)))]
+pub async fn register(state: web::Data<AppState>, body: Json<RegisterRequest>) -> Result<HttpResponse, ApiError> {
     let RegisterRequest { username, password, phone } = body.into_inner();
     let username = Username::parse(&username)?;
     check_password(&password)?;
@@ -83,13 +100,13 @@ async fn register(state: web::Data<AppState>, body: Json<RegisterRequest>) -> Re
     Ok(HttpResponse::Created().json(RegisterResponse { user_id, username: username.0 }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct LoginRequest {
     username: String,
     password: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct LoginResponse {
     pub access_token: String,
     pub token_type: &'static str,
@@ -127,7 +144,13 @@ pub fn issue_login(state: &AppState, user_id: i64) -> Result<LoginResponse, ApiE
     })
 }
 
-async fn login(state: web::Data<AppState>, body: Json<LoginRequest>) -> Result<HttpResponse, ApiError> {
+/// Exchange a username and password for a bearer token.
+#[utoipa::path(post, path = "/auth/login", tag = "auth", request_body = LoginRequest, responses(
+    (status = 200, body = LoginResponse),
+    (status = 401, description = "invalid_credentials", body = ErrorBody),
+    (status = 400, description = "malformed_json", body = ErrorBody),
+    (status = 422, description = "invalid_input", body = ErrorBody)))]
+pub async fn login(state: web::Data<AppState>, body: Json<LoginRequest>) -> Result<HttpResponse, ApiError> {
     let LoginRequest { username, password } = body.into_inner();
     let user_id = authenticate(&state, &username, password).await?;
     Ok(HttpResponse::Ok().json(issue_login(&state, user_id)?))

@@ -17,7 +17,7 @@ use crate::startup::AppState;
 /// Rejection reasons always present in a report (zero when none).
 const REASONS: [&str; 4] = ["sold_out", "already_redeemed", "not_eligible", "try_again"];
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Report {
     pub code: String,
     pub amount: i64,
@@ -42,9 +42,10 @@ pub struct Report {
     pub synced: Synced,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Synced {
     pub remaining: Option<i32>,
+    #[schema(value_type = Object)]
     pub rejected: serde_json::Value,
     pub at: Option<DateTime<Utc>>,
 }

@@ -1,17 +1,19 @@
 //! Operator routes: POST /codes/report, and /admin/codes (create, list, read).
 //! Creating a code writes Postgres, then loads the code into the Redis gate.
 
+use actix_web::http::Method;
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::model::{Code, CodeName};
 use super::{report, store};
 use crate::auth::AdminUser;
 use crate::db::StoreError;
-use crate::error::ApiError;
-use crate::http::{Json, Query};
+use crate::error::{ApiError, ErrorBody};
+use crate::http::{route, Json, Query};
 use crate::redemption::Gate;
 use crate::startup::AppState;
 
@@ -21,16 +23,21 @@ pub const MAX_LIMIT: i64 = 10_000_000;
 pub const MAX_AMOUNT: i64 = 1_000_000_000_000;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/codes/report", web::post().to(report_route))
-        .route("/admin/codes", web::post().to(create_route))
-        .route("/admin/codes", web::get().to(list_route))
-        .route("/admin/codes/{code}", web::get().to(read_route));
+    route(cfg, Method::POST, "/codes/report", report_route);
+    route(cfg, Method::POST, "/admin/codes", create_route);
+    route(cfg, Method::GET, "/admin/codes", list_route);
+    route(cfg, Method::GET, "/admin/codes/{code}", read_route);
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct CreateCode {
+    #[schema(example = "SPRING")]
     pub code: String,
+    /// Credit per redemption, integer Toman, 1 to 10^12.
+    #[schema(example = 1000000)]
     pub amount: i64,
+    /// How many users may redeem it, 1 to 10,000,000.
+    #[schema(example = 1000)]
     pub limit: i64,
     pub starts_at: Option<DateTime<Utc>>,
     pub ends_at: Option<DateTime<Utc>>,
@@ -70,12 +77,22 @@ pub async fn create_code(pg: &Pool, gate: &Gate, input: CreateCode) -> Result<Co
     Ok(code)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct ReportRequest {
+    #[schema(example = "SPRING")]
     code: String,
 }
 
-async fn report_route(
+/// The live report of one code.
+#[utoipa::path(post, path = "/codes/report", tag = "admin", security(("bearer" = [])),
+    request_body = ReportRequest, responses(
+        (status = 200, body = report::Report),
+        (status = 404, description = "code_not_found", body = ErrorBody),
+        (status = 401, description = "unauthorized / token_expired", body = ErrorBody),
+        (status = 403, description = "forbidden: admin only", body = ErrorBody),
+        (status = 400, description = "malformed_json", body = ErrorBody),
+        (status = 422, description = "invalid_input", body = ErrorBody)))]
+pub async fn report_route(
     state: web::Data<AppState>,
     _admin: AdminUser,
     body: Json<ReportRequest>,
@@ -90,7 +107,16 @@ async fn find(state: &AppState, raw: &str) -> Result<Code, ApiError> {
     store::find_by_name(&db, name.as_str()).await?.ok_or(ApiError::CodeNotFound)
 }
 
-async fn create_route(
+/// Create a credit code (and load it into the gate).
+#[utoipa::path(post, path = "/admin/codes", tag = "admin", security(("bearer" = [])),
+    request_body = CreateCode, responses(
+        (status = 201, body = Code),
+        (status = 409, description = "code_exists", body = ErrorBody),
+        (status = 401, description = "unauthorized / token_expired", body = ErrorBody),
+        (status = 403, description = "forbidden: admin only", body = ErrorBody),
+        (status = 400, description = "malformed_json", body = ErrorBody),
+        (status = 422, description = "invalid_input", body = ErrorBody)))]
+pub async fn create_route(
     state: web::Data<AppState>,
     _admin: AdminUser,
     body: Json<CreateCode>,
@@ -100,7 +126,14 @@ async fn create_route(
     Ok(HttpResponse::Created().json(code))
 }
 
-#[derive(Deserialize)]
+#[derive(Serialize, ToSchema)]
+pub struct CodePage {
+    pub items: Vec<Code>,
+    /// Pass as `after` for the next page; null on the last page.
+    pub next_after: Option<i64>,
+}
+
+#[derive(Deserialize, IntoParams)]
 pub struct ListQuery {
     /// Page size, 1-500 (default 100).
     limit: Option<i64>,
@@ -108,7 +141,14 @@ pub struct ListQuery {
     after: Option<i64>,
 }
 
-async fn list_route(
+/// Codes, oldest first.
+#[utoipa::path(get, path = "/admin/codes", tag = "admin", security(("bearer" = [])),
+    params(ListQuery), responses(
+        (status = 200, body = CodePage),
+        (status = 401, description = "unauthorized / token_expired", body = ErrorBody),
+        (status = 403, description = "forbidden: admin only", body = ErrorBody),
+        (status = 422, description = "invalid_input", body = ErrorBody)))]
+pub async fn list_route(
     state: web::Data<AppState>,
     _admin: AdminUser,
     query: Query<ListQuery>,
@@ -120,10 +160,18 @@ async fn list_route(
     let db = state.pg.get().await.map_err(StoreError::from)?;
     let items = store::list_codes(&db, limit, query.after.unwrap_or(0)).await?;
     let next_after = if items.len() as i64 == limit { items.last().map(|c| c.id) } else { None };
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "items": items, "next_after": next_after })))
+    Ok(HttpResponse::Ok().json(CodePage { items, next_after }))
 }
 
-async fn read_route(
+/// One code.
+#[utoipa::path(get, path = "/admin/codes/{code}", tag = "admin", security(("bearer" = [])),
+    params(("code" = String, Path, description = "the code, case-insensitive")), responses(
+        (status = 200, body = Code),
+        (status = 404, description = "code_not_found", body = ErrorBody),
+        (status = 401, description = "unauthorized / token_expired", body = ErrorBody),
+        (status = 403, description = "forbidden: admin only", body = ErrorBody),
+        (status = 422, description = "invalid_input", body = ErrorBody)))]
+pub async fn read_route(
     state: web::Data<AppState>,
     _admin: AdminUser,
     path: web::Path<String>,

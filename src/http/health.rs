@@ -1,20 +1,31 @@
 //! GET /healthz (the process answers) and GET /readyz (it can reach Redis and
 //! Postgres, so a load balancer may send it traffic).
 
+use actix_web::http::Method;
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
+use super::route;
 use crate::startup::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(healthz)).route("/readyz", web::get().to(readyz));
+    route(cfg, Method::GET, "/healthz", healthz);
+    route(cfg, Method::GET, "/readyz", readyz);
 }
 
-async fn healthz() -> HttpResponse {
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "alive", body = Object, example = json!({"status": "ok"}))))]
+pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
-async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+/// Readiness: Postgres and Redis both answer.
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses(
+    (status = 200, description = "ready", body = Object,
+        example = json!({"status": "ready", "checks": {"postgres": "ok", "redis": "ok"}})),
+    (status = 503, description = "a dependency is unreachable", body = Object)))]
+pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let (postgres, redis) = tokio::join!(state.ping_postgres(), state.gate.ping());
     let status = |r: &Result<(), String>| match r {
         Ok(()) => json!("ok"),

@@ -3,18 +3,44 @@
 //! JSON `{"error":{"code","message"}}`.
 
 pub mod health;
+pub mod observe;
+pub mod openapi;
 
 use actix_web::body::BoxBody;
 use actix_web::dev::ServiceResponse;
 use actix_web::error::{JsonPayloadError, QueryPayloadError};
 use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::Method;
 use actix_web::middleware::{ErrorHandlerResponse, ErrorHandlers};
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use serde::de::DeserializeOwned;
+use std::collections::BTreeSet;
+use std::sync::Mutex;
 
 use crate::error::ApiError;
 
 pub use actix_web::web::{Json, Query};
+
+/// Registers `path` for `method` and records it, so a test can check that
+/// the OpenAPI spec documents every route the app serves.
+pub fn route<F, Args>(cfg: &mut web::ServiceConfig, method: Method, path: &'static str, handler: F)
+where
+    F: actix_web::Handler<Args>,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    if let Ok(mut seen) = SERVED.lock() {
+        seen.insert((method.to_string(), path));
+    }
+    cfg.route(path, web::method(method).to(handler));
+}
+
+static SERVED: Mutex<BTreeSet<(String, &'static str)>> = Mutex::new(BTreeSet::new());
+
+/// (method, path) of every route registered so far.
+pub fn served_routes() -> Vec<(String, &'static str)> {
+    SERVED.lock().map(|s| s.iter().cloned().collect()).unwrap_or_default()
+}
 
 /// Every route of the service.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -23,6 +49,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     crate::wallet::routes::configure(cfg);
     crate::redemption::routes::configure(cfg);
     crate::codes::routes::configure(cfg);
+    observe::configure(cfg);
+    openapi::configure(cfg);
 }
 
 /// Extractor settings: body limits and error mapping for JSON and query strings.

@@ -18,6 +18,9 @@ use tokio_cron_scheduler::{Job, JobScheduler};
 use crate::codes::store as codes_store;
 use crate::db::StoreError;
 use crate::startup::AppState;
+use crate::telemetry::{
+    RECONCILER_CONFIRMED, RECONCILER_DURATION, RECONCILER_REBUILDS, RECONCILER_RELEASED, RECONCILER_RUNS,
+};
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct RunStats {
@@ -62,15 +65,32 @@ pub async fn run_once(state: &Arc<AppState>) -> Result<RunStats, StoreError> {
             tracing::warn!(code = %code.code, error = %e, "counter sync failed");
         }
     }
-    tracing::info!(
-        codes_checked = stats.codes_checked,
-        codes_rebuilt = stats.codes_rebuilt,
-        claims_released = stats.claims_released,
-        claims_confirmed = stats.claims_confirmed,
-        errors = stats.errors,
-        duration_ms = started.elapsed().as_millis() as u64,
-        "reconciler run"
-    );
+    metrics::counter!(RECONCILER_RUNS).increment(1);
+    metrics::counter!(RECONCILER_RELEASED).increment(stats.claims_released as u64);
+    metrics::counter!(RECONCILER_CONFIRMED).increment(stats.claims_confirmed as u64);
+    metrics::counter!(RECONCILER_REBUILDS).increment(stats.codes_rebuilt as u64);
+    metrics::histogram!(RECONCILER_DURATION).record(started.elapsed().as_secs_f64());
+    let eventful = stats.codes_rebuilt + stats.claims_released + stats.claims_confirmed + stats.errors > 0;
+    // Quiet runs every few seconds would drown the log: they go to debug.
+    macro_rules! report {
+        ($level:expr) => {
+            tracing::event!(
+                $level,
+                codes_checked = stats.codes_checked,
+                codes_rebuilt = stats.codes_rebuilt,
+                claims_released = stats.claims_released,
+                claims_confirmed = stats.claims_confirmed,
+                errors = stats.errors,
+                duration_ms = started.elapsed().as_millis() as u64,
+                "reconciler run"
+            )
+        };
+    }
+    if eventful {
+        report!(tracing::Level::INFO);
+    } else {
+        report!(tracing::Level::DEBUG);
+    }
     Ok(stats)
 }
 

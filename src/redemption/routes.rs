@@ -1,25 +1,43 @@
 //! POST /codes/use.
 
+use actix_web::http::Method;
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
+use tracing::Instrument;
+use utoipa::ToSchema;
 
 use super::service;
 use crate::auth::AuthUser;
 use crate::codes::CodeName;
-use crate::error::ApiError;
-use crate::http::Json;
+use crate::error::{ApiError, ErrorBody};
+use crate::http::{route, Json};
 use crate::startup::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/codes/use", web::post().to(use_code));
+    route(cfg, Method::POST, "/codes/use", use_code);
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct UseCodeRequest {
+    /// Case-insensitive; 1-64 characters of `A-Z 0-9 _ -`.
+    #[schema(example = "SPRING")]
     code: String,
 }
 
-async fn use_code(
+/// Redeem a gift code: the first N users get its credit, each once.
+#[utoipa::path(post, path = "/codes/use", tag = "codes", security(("bearer" = [])),
+    request_body = UseCodeRequest, responses(
+        (status = 200, body = service::Redeemed),
+        (status = 404, description = "code_not_found", body = ErrorBody),
+        (status = 409, description = "already_redeemed", body = ErrorBody),
+        (status = 410, description = "sold_out", body = ErrorBody),
+        (status = 422, description = "not_eligible / invalid_input", body = ErrorBody),
+        (status = 503, description = "try_again (see Retry-After)", body = ErrorBody,
+            headers(("Retry-After" = u32, description = "seconds"))),
+        (status = 401, description = "unauthorized / token_expired", body = ErrorBody),
+        (status = 400, description = "malformed_json", body = ErrorBody),
+        (status = 413, description = "payload_too_large", body = ErrorBody)))]
+pub async fn use_code(
     state: web::Data<AppState>,
     user: AuthUser,
     body: Json<UseCodeRequest>,
@@ -28,8 +46,8 @@ async fn use_code(
     let state = state.into_inner();
     // Detached from the request: a client that hangs up mid-way must not
     // cancel us between the claim and its commit or release.
-    let redeemed = actix_web::rt::spawn(async move { service::redeem(&state, user.user_id, &name).await })
-        .await
-        .map_err(ApiError::internal)??;
+    let work = async move { service::redeem(&state, user.user_id, &name).await };
+    let redeemed =
+        actix_web::rt::spawn(work.instrument(tracing::Span::current())).await.map_err(ApiError::internal)??;
     Ok(HttpResponse::Ok().json(redeemed))
 }

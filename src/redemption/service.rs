@@ -3,6 +3,7 @@
 //! The only place that knows both the gate and the commit.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use chrono::Utc;
 use serde::Serialize;
@@ -15,8 +16,9 @@ use crate::db::StoreError;
 use crate::error::ApiError;
 use crate::reconciler;
 use crate::startup::AppState;
+use crate::telemetry::{COMMIT_DURATION, GATE_DURATION, REDEMPTIONS};
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Redeemed {
     pub code: String,
     pub amount: i64,
@@ -24,6 +26,26 @@ pub struct Redeemed {
 }
 
 pub async fn redeem(state: &Arc<AppState>, user_id: i64, name: &CodeName) -> Result<Redeemed, ApiError> {
+    let result = redeem_once(state, user_id, name).await;
+    record_outcome(name, &result);
+    result
+}
+
+fn record_outcome(name: &CodeName, result: &Result<Redeemed, ApiError>) {
+    let outcome = match result {
+        Ok(_) => "success",
+        Err(e @ (ApiError::SoldOut | ApiError::AlreadyRedeemed | ApiError::NotEligible(_) | ApiError::TryAgain(_))) => {
+            e.code()
+        }
+        Err(ApiError::CodeNotFound) => "code_not_found",
+        Err(_) => "error",
+    };
+    // Unknown codes are whatever a client typed: never a label value.
+    let code = if matches!(result, Err(ApiError::CodeNotFound)) { "unknown".to_string() } else { name.to_string() };
+    metrics::counter!(REDEMPTIONS, "code" => code, "outcome" => outcome).increment(1);
+}
+
+async fn redeem_once(state: &Arc<AppState>, user_id: i64, name: &CodeName) -> Result<Redeemed, ApiError> {
     let code = state.codes.get(&state.pg, name.as_str()).await?.ok_or(ApiError::CodeNotFound)?;
     if let Err(e) = code.code.check_redeemable(Utc::now()) {
         code.hints.count(LocalReject::NotEligible);
@@ -35,7 +57,10 @@ pub async fn redeem(state: &Arc<AppState>, user_id: i64, name: &CodeName) -> Res
     }
     let mut settled = false;
     loop {
-        return match state.gate.claim(name.as_str(), user_id).await? {
+        let started = Instant::now();
+        let claim = state.gate.claim(name.as_str(), user_id).await;
+        metrics::histogram!(GATE_DURATION).record(started.elapsed().as_secs_f64());
+        return match claim? {
             Claim::Granted { ticket } => commit_claim(state, &code, user_id, ticket).await,
             Claim::AlreadyClaimed => Err(ApiError::AlreadyRedeemed),
             Claim::Abandoned { ticket } if !settled => {
@@ -91,10 +116,12 @@ async fn commit_claim(
     ticket: i32,
 ) -> Result<Redeemed, ApiError> {
     let name = code.code.code.as_str();
+    let started = Instant::now();
     let outcome = match state.pg.get().await {
         Ok(db) => commit::commit(&db, code.code.id, user_id, ticket).await,
         Err(e) => Err(StoreError::from(e)),
     };
+    metrics::histogram!(COMMIT_DURATION).record(started.elapsed().as_secs_f64());
     let (release, answer) = match outcome {
         Ok(Committed::Credited { amount, balance, .. }) => {
             // Best effort: the reconciler confirms whatever it finds committed.

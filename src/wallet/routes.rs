@@ -1,33 +1,46 @@
 //! POST /wallet/balance and GET /wallet/transactions.
 
+use actix_web::http::Method;
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::store;
 use crate::auth::{store as users, AuthUser};
 use crate::db::StoreError;
-use crate::error::ApiError;
-use crate::http::{parse_json_or_default, Query};
+use crate::error::{ApiError, ErrorBody};
+use crate::http::{parse_json_or_default, route, Query};
 use crate::startup::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/wallet/balance", web::post().to(balance)).route("/wallet/transactions", web::get().to(transactions));
+    route(cfg, Method::POST, "/wallet/balance", balance);
+    route(cfg, Method::GET, "/wallet/transactions", transactions);
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 pub struct BalanceRequest {
     /// Admins may ask for another user's balance; others may only name themselves.
     user_id: Option<i64>,
 }
 
-#[derive(Serialize)]
-struct BalanceResponse<'a> {
+#[derive(Serialize, ToSchema)]
+pub struct BalanceResponse<'a> {
     user_id: i64,
     balance: i64,
     currency: &'a str,
 }
 
-async fn balance(state: web::Data<AppState>, user: AuthUser, body: web::Bytes) -> Result<HttpResponse, ApiError> {
+/// The caller's balance (admins may name another user).
+#[utoipa::path(post, path = "/wallet/balance", tag = "wallet", security(("bearer" = [])),
+    request_body(content = Option<BalanceRequest>, description = "`{}` or empty for your own wallet"),
+    responses(
+        (status = 200, body = BalanceResponse),
+        (status = 401, description = "unauthorized / token_expired", body = ErrorBody),
+        (status = 403, description = "forbidden: another user's wallet", body = ErrorBody),
+        (status = 404, description = "not_found: no such user", body = ErrorBody),
+        (status = 400, description = "malformed_json", body = ErrorBody),
+        (status = 422, description = "invalid_input", body = ErrorBody)))]
+pub async fn balance(state: web::Data<AppState>, user: AuthUser, body: web::Bytes) -> Result<HttpResponse, ApiError> {
     // The body is optional (`{}` or nothing), but when present it must be valid.
     let request: BalanceRequest = parse_json_or_default(&body)?;
     let target = request.user_id.unwrap_or(user.user_id);
@@ -42,7 +55,7 @@ async fn balance(state: web::Data<AppState>, user: AuthUser, body: web::Bytes) -
     Ok(HttpResponse::Ok().json(BalanceResponse { user_id: target, balance, currency: &state.config.currency }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 pub struct TransactionsQuery {
     /// Page size, 1-100 (default 20).
     limit: Option<i64>,
@@ -50,14 +63,20 @@ pub struct TransactionsQuery {
     before: Option<i64>,
 }
 
-#[derive(Serialize)]
-struct TransactionsPage {
+#[derive(Serialize, ToSchema)]
+pub struct TransactionsPage {
     items: Vec<store::LedgerEntry>,
     /// Pass as `before` to get the next page; null on the last page.
     next_before: Option<i64>,
 }
 
-async fn transactions(
+/// The caller's ledger, newest first.
+#[utoipa::path(get, path = "/wallet/transactions", tag = "wallet", security(("bearer" = [])),
+    params(TransactionsQuery), responses(
+        (status = 200, body = TransactionsPage),
+        (status = 401, description = "unauthorized / token_expired", body = ErrorBody),
+        (status = 422, description = "invalid_input", body = ErrorBody)))]
+pub async fn transactions(
     state: web::Data<AppState>,
     user: AuthUser,
     query: Query<TransactionsQuery>,

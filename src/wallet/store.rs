@@ -13,7 +13,7 @@ pub async fn balance(db: &impl GenericClient, user_id: i64) -> Result<i64, Store
     Ok(db.query_opt(&stmt, &[&user_id]).await?.map(|r| r.get(0)).unwrap_or(0))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct LedgerEntry {
     pub id: i64,
     pub amount: i64,

@@ -83,12 +83,3 @@ async fn unknown_routes_and_methods_answer_json_errors() {
     let res = app.get("/wallet/transactions?limit=abc", Some(&app.create_users(1).await[0].1)).await;
     assert_eq!((res.status.as_u16(), res.error_code()), (422, "invalid_input"));
 }
-
-#[tokio::test]
-async fn health_and_readiness() {
-    let app = spawn_app().await;
-    assert_eq!(app.get("/healthz", None).await.status, 200);
-    let res = app.get("/readyz", None).await;
-    assert_eq!((res.status.as_u16(), res.body["checks"]["postgres"].as_str()), (200, Some("ok")));
-    assert_eq!(res.body["checks"]["redis"], "ok");
-}

@@ -7,6 +7,8 @@ mod helpers;
 
 mod auth;
 mod bad_input;
+mod openapi;
+mod operations;
 mod reconciler;
 mod redemption;
 mod wallet;

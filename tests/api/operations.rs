@@ -1,0 +1,62 @@
+//! What operators rely on: health, readiness, metrics, request ids.
+
+use serde_json::json;
+
+use crate::helpers::spawn_app;
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let app = spawn_app().await;
+    assert_eq!(app.get("/healthz", None).await.status, 200);
+    let res = app.get("/readyz", None).await;
+    assert_eq!((res.status.as_u16(), res.body["checks"]["postgres"].as_str()), (200, Some("ok")));
+    assert_eq!(res.body["checks"]["redis"], "ok");
+}
+
+#[tokio::test]
+async fn metrics_count_requests_and_redemption_outcomes() {
+    let app = spawn_app().await;
+    app.create_code("METRIC", 10, 1).await;
+    let users = app.create_users(2).await;
+    assert_eq!(app.use_code(&users[0].1, "METRIC").await.status, 200);
+    assert_eq!(app.use_code(&users[1].1, "METRIC").await.status, 410);
+    assert_eq!(app.use_code(&users[1].1, "WHATEVER-TYPED").await.status, 404);
+    let res = app.client.get(format!("{}/metrics", app.address)).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let text = res.text().await.unwrap();
+    for needle in [
+        r#"redemptions_total{code="METRIC",outcome="success"}"#,
+        r#"redemptions_total{code="METRIC",outcome="sold_out"}"#,
+        r#"redemptions_total{code="unknown",outcome="code_not_found"}"#,
+        r#"http_requests_total{route="/codes/use",method="POST",status="200"}"#,
+        "http_request_duration_seconds_bucket",
+        "gate_claim_duration_seconds_bucket",
+        "commit_duration_seconds_bucket",
+        r#"pool_connections{pool="postgres"}"#,
+    ] {
+        assert!(text.contains(needle), "missing {needle} in:\n{text}");
+    }
+    assert!(!text.contains("WHATEVER-TYPED"), "client input must never become a label");
+}
+
+#[tokio::test]
+async fn a_request_id_is_echoed_or_made_up() {
+    let app = spawn_app().await;
+    let res =
+        app.client.get(format!("{}/healthz", app.address)).header("x-request-id", "abc-123").send().await.unwrap();
+    assert_eq!(res.headers()["x-request-id"], "abc-123");
+    let res = app.client.get(format!("{}/healthz", app.address)).send().await.unwrap();
+    let made_up = res.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(made_up.len(), 16);
+    // Nonsense (or a header-injection attempt) is replaced, not echoed.
+    let res = app
+        .client
+        .post(format!("{}/wallet/balance", app.address))
+        .header("x-request-id", "bad id with spaces")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(res.headers()["x-request-id"], "bad id with spaces");
+    assert_eq!(res.status(), 401);
+}
