@@ -5,6 +5,7 @@ COPY Cargo.toml Cargo.lock rustfmt.toml ./
 COPY src ./src
 COPY migrations ./migrations
 COPY lua ./lua
+COPY web ./web
 RUN cargo build --release --locked --bin redeem-gateway
 
 FROM debian:bookworm-slim

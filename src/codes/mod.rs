@@ -2,6 +2,7 @@
 //! cache the hot path reads, the report, and the admin routes.
 
 pub mod cache;
+pub mod live;
 pub mod model;
 pub mod report;
 pub mod routes;

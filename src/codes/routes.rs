@@ -27,6 +27,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     route(cfg, Method::POST, "/admin/codes", create_route);
     route(cfg, Method::GET, "/admin/codes", list_route);
     route(cfg, Method::GET, "/admin/codes/{code}", read_route);
+    route(cfg, Method::GET, "/admin/codes/{code}/events", super::live::events_route);
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -101,7 +102,7 @@ pub async fn report_route(
     Ok(HttpResponse::Ok().json(report::build(&state, &code).await?))
 }
 
-async fn find(state: &AppState, raw: &str) -> Result<Code, ApiError> {
+pub async fn find(state: &AppState, raw: &str) -> Result<Code, ApiError> {
     let name = CodeName::parse(raw)?;
     let db = state.pg.get().await.map_err(StoreError::from)?;
     store::find_by_name(&db, name.as_str()).await?.ok_or(ApiError::CodeNotFound)

@@ -2,6 +2,7 @@
 //! makes sure every error a client sees — ours or the framework's — is the
 //! JSON `{"error":{"code","message"}}`.
 
+pub mod dashboard;
 pub mod health;
 pub mod observe;
 pub mod openapi;
@@ -50,6 +51,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     crate::redemption::routes::configure(cfg);
     crate::codes::routes::configure(cfg);
     observe::configure(cfg);
+    dashboard::configure(cfg);
     openapi::configure(cfg);
 }
 

@@ -25,6 +25,8 @@ use crate::{auth, codes, redemption, wallet};
         codes::routes::create_route,
         codes::routes::list_route,
         codes::routes::read_route,
+        codes::live::events_route,
+        super::dashboard::dashboard_route,
     ),
     modifiers(&BearerAuth),
     tags(

@@ -60,3 +60,56 @@ async fn a_request_id_is_echoed_or_made_up() {
     assert_ne!(res.headers()["x-request-id"], "bad id with spaces");
     assert_eq!(res.status(), 401);
 }
+
+#[tokio::test]
+async fn the_event_stream_pushes_the_report_as_it_changes() {
+    let app = spawn_app().await;
+    app.create_code("LIVE", 10, 3).await;
+    let (_, token) = app.create_users(1).await.remove(0);
+    let mut res = app
+        .client
+        .get(format!("{}/admin/codes/live/events", app.address))
+        .bearer_auth(app.admin_token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    let first = next_report(&mut res).await;
+    assert_eq!((first["code"].as_str(), first["redeemed"].as_i64()), (Some("LIVE"), Some(0)));
+
+    assert_eq!(app.use_code(&token, "LIVE").await.status, 200);
+    let second = next_report(&mut res).await;
+    assert_eq!((second["redeemed"].as_i64(), second["remaining"].as_i64()), (Some(1), Some(2)));
+
+    // Not for plain users.
+    let res = app.client.get(format!("{}/admin/codes/live/events", app.address)).bearer_auth(&token).send().await;
+    assert_eq!(res.unwrap().status(), 403);
+}
+
+/// Reads the stream until the next `event: report` and returns its data.
+async fn next_report(res: &mut reqwest::Response) -> serde_json::Value {
+    let mut buffer = String::new();
+    loop {
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(5), res.chunk())
+            .await
+            .expect("an event within 5 s")
+            .unwrap()
+            .expect("stream open");
+        buffer.push_str(std::str::from_utf8(&chunk).unwrap());
+        if let Some(event) = buffer.split("\n\n").find(|e| e.starts_with("event: report")) {
+            let data = event.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+            return serde_json::from_str(data).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_dashboard_page_is_served_without_external_assets() {
+    let app = spawn_app().await;
+    let res = app.client.get(format!("{}/dashboard", app.address)).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let html = res.text().await.unwrap();
+    assert!(html.contains("id=\"token\"") && html.contains("/admin/codes"));
+    assert!(!html.contains("http://") && !html.contains("https://"), "no external assets");
+}
