@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 SERVICES := scripts/services.sh
 
-.PHONY: run test services-up services-down services-status migrate create-code token reconcile build lint fmt clean-data
+.PHONY: run test test-e2e services-up services-down services-status migrate create-code token reconcile build lint fmt clean-data
 
 .env:
 	cp .env.example .env
@@ -44,6 +44,10 @@ reconcile: .env services-up build
 test: services-up
 	@$(SERVICES) clean-tests
 	$(CARGO) test --all-targets -- --test-threads=$${TEST_THREADS:-4}
+
+## The live dashboard in headless Chromium (installs Debian's chromium if missing).
+test-e2e: services-up
+	scripts/e2e.sh
 
 lint:
 	$(CARGO) fmt --all -- --check
