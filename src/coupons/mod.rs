@@ -9,4 +9,6 @@ pub mod rules;
 mod proptests;
 
 pub use discount::{quote, CouponReward, DiscountKind, Quote};
-pub use rules::{evaluate, Context, DayRule, Evaluation, Order, OrderLine, Reason, Rules, DEFAULT_WEEKEND};
+pub use rules::{
+    evaluate, Context, DayRule, Evaluation, Order, OrderLine, Reason, Rules, DEFAULT_TIME_ZONE, DEFAULT_WEEKEND,
+};

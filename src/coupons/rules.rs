@@ -11,11 +11,16 @@ use chrono::{DateTime, Datelike, NaiveDate, Utc, Weekday};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
-/// The weekend the service uses unless a market says otherwise: Friday, as in
-/// Iran, whose zone (`Asia/Tehran`) is the service's default time zone. It is
-/// only a default: [`evaluate`] takes the weekend from the caller, because it
-/// differs by market (e.g. `&[Weekday::Sat, Weekday::Sun]` elsewhere).
+/// The weekend the service will use unless a market says otherwise: Friday,
+/// as in Iran, whose zone is [`DEFAULT_TIME_ZONE`]. It is only a default:
+/// [`evaluate`] takes the weekend from the caller, because it differs by
+/// market (e.g. `&[Weekday::Sat, Weekday::Sun]` elsewhere).
 pub const DEFAULT_WEEKEND: &[Weekday] = &[Weekday::Fri];
+
+/// The time zone a code's day rules will be judged in unless the code names
+/// its own: `Asia/Tehran`, UTC+03:30 all year (Iran has had no daylight
+/// saving since 2022). Nothing reads it yet; callers pass `tz` in [`Context`].
+pub const DEFAULT_TIME_ZONE: Tz = chrono_tz::Asia::Tehran;
 
 /// Longest list a rule may hold (see [`Rules::validate`]).
 pub const MAX_LIST_LEN: usize = 10_000;
@@ -179,7 +184,7 @@ pub struct Context<'a> {
     pub order: &'a Order,
     /// The instant of the request; converted to `tz` for day rules.
     pub now: DateTime<Utc>,
-    /// The code's IANA time zone (the service's default is `Asia/Tehran`).
+    /// The code's IANA time zone, usually [`DEFAULT_TIME_ZONE`].
     pub tz: Tz,
     /// The market's weekend, for the `weekend`/`weekday` shorthands; usually
     /// [`DEFAULT_WEEKEND`].
@@ -727,6 +732,8 @@ mod tests {
 
     #[test]
     fn tehran_is_utc_plus_3_30_all_year() {
+        assert_eq!(DEFAULT_TIME_ZONE, Tehran);
+        assert_eq!(DEFAULT_TIME_ZONE.name(), "Asia/Tehran");
         // Iran dropped daylight saving in 2022: +03:30 in winter and summer.
         for instant in ["2026-01-15T12:00:00Z", "2026-03-20T20:30:00Z", "2026-07-01T12:00:00Z", "2026-09-22T12:00:00Z"]
         {
