@@ -6,6 +6,7 @@ pub mod auth;
 pub mod cli;
 pub mod codes;
 pub mod config;
+pub mod coupons;
 pub mod db;
 pub mod error;
 pub mod http;
