@@ -3,6 +3,7 @@ FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock rustfmt.toml ./
 COPY src ./src
+COPY build.rs ./
 COPY migrations ./migrations
 COPY lua ./lua
 COPY web ./web

@@ -1,11 +1,11 @@
 -- claim.lua: admit one user to one code, or say why not. One atomic step.
 --
 -- KEYS[1] meta     hash  {limit, next}: next = first ticket never handed out
--- KEYS[2] claims   hash  user -> ticket (pending or committed)
--- KEYS[3] pending  zset  user -> claim time (ms); removed once committed
+-- KEYS[2] claims   hash  holder -> ticket (pending or committed)
+-- KEYS[3] pending  zset  holder -> claim time (ms); removed once committed
 -- KEYS[4] free     list  tickets given back by failed commits
 -- KEYS[5] stats    hash  rejection counters by reason
--- ARGV[1] user id
+-- ARGV[1] holder: a user id (credit codes, vouchers) or an order (coupons)
 -- ARGV[2] grace period (ms): a claim pending for longer is presumed abandoned
 --
 -- Returns {1, ticket} claimed | {2} already claimed by this user | {3} sold out
@@ -14,7 +14,7 @@
 --         (its gateway probably died): the caller settles it against Postgres
 --
 -- Invariant: every ticket handed out is in [0, limit) and held by at most one
--- user at a time; a user holds at most one ticket per code. All keys share the
+-- holder at a time; a holder holds at most one ticket per code. All keys share the
 -- hash tag {code}, so this also runs on Redis Cluster.
 local meta, claims, pending, free, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local user, grace_ms = ARGV[1], tonumber(ARGV[2])

@@ -1,7 +1,7 @@
 -- release.lua: undo a claim whose Postgres commit did not happen.
 --
 -- KEYS[1] meta, KEYS[2] claims, KEYS[3] pending, KEYS[4] free (as in claim.lua)
--- ARGV[1] user id
+-- ARGV[1] holder (see claim.lua)
 -- ARGV[2] ticket the caller claimed
 -- ARGV[3] mode:
 --   'free'    drop the claim and give the ticket back (commit failed)

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 
 use crate::auth::{store as users, Role};
-use crate::codes::routes::{create_code, CreateCode};
+use crate::codes::admin::{create_code, CreateCode};
 use crate::config::Config;
 use crate::startup::{AppState, Application};
 use crate::{db, reconciler};
@@ -65,8 +65,10 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         Command::CreateCode { code, amount, limit, starts_at, ends_at } => {
             db::migrate(&config).await?;
             let state = AppState::connect(config).await?;
-            let input = CreateCode { code, amount, limit, starts_at, ends_at };
-            let code = create_code(&state.pg, &state.gate, input).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let input = CreateCode { starts_at, ends_at, ..CreateCode::credit(code, amount, limit) };
+            let code = create_code(&state.pg, &state.gate, input, &state.config.default_time_zone)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             println!("{}", serde_json::to_string(&code)?);
         }
         Command::Token { user, admin } => {

@@ -54,6 +54,10 @@ pub struct Config {
     pub jwt_audience: String,
     pub jwt_leeway_seconds: u64,
     pub currency: String,
+    /// IANA time zone new codes judge their day rules in, unless they say otherwise.
+    pub default_time_zone: String,
+    /// Which days `weekend` means in coupon rules.
+    pub weekend: Vec<chrono::Weekday>,
     /// How long a code's definition is served from the in-process cache.
     pub code_cache_ttl: Duration,
     /// How long a code seen sold out is refused without asking Redis.
@@ -132,6 +136,8 @@ impl Config {
             jwt_audience: vars.or("JWT_AUDIENCE", "redeem-gateway"),
             jwt_leeway_seconds: vars.parse("JWT_LEEWAY_SECONDS", 5)?,
             currency: vars.or("CURRENCY", "TOMAN"),
+            default_time_zone: vars.or("DEFAULT_TIME_ZONE", "Asia/Tehran"),
+            weekend: parse_weekdays(&vars.or("WEEKEND_DAYS", "fri"))?,
             code_cache_ttl: Duration::from_millis(vars.parse("CODE_CACHE_TTL_MS", 2_000)?),
             sold_out_cache_ttl: Duration::from_millis(vars.parse("SOLD_OUT_CACHE_MS", 500)?),
             reconcile_interval: Duration::from_secs(vars.parse("RECONCILE_INTERVAL_SECONDS", 5)?),
@@ -149,6 +155,12 @@ impl Config {
         }
         if self.jwt_secret.is_empty() {
             return Err(ConfigError::Missing("JWT_SECRET"));
+        }
+        if self.default_time_zone.parse::<chrono_tz::Tz>().is_err() {
+            return Err(ConfigError::Invalid {
+                name: "DEFAULT_TIME_ZONE",
+                reason: format!("{:?} is not an IANA time zone", self.default_time_zone),
+            });
         }
         if self.redis_key_prefix.contains(['{', '}']) {
             return Err(ConfigError::Invalid {
@@ -170,6 +182,17 @@ impl Config {
         }
         Ok(())
     }
+}
+
+fn parse_weekdays(list: &str) -> Result<Vec<chrono::Weekday>, ConfigError> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .map(|d| {
+            d.parse::<chrono::Weekday>()
+                .map_err(|_| ConfigError::Invalid { name: "WEEKEND_DAYS", reason: format!("{d:?} is not a weekday") })
+        })
+        .collect()
 }
 
 struct Vars<'a, F: Fn(&str) -> Option<String>>(&'a F);

@@ -1,6 +1,7 @@
 //! Codes: what they are (model), where they live (store), the in-process
 //! cache the hot path reads, the report, and the admin routes.
 
+pub mod admin;
 pub mod cache;
 pub mod live;
 pub mod model;
@@ -9,4 +10,4 @@ pub mod routes;
 pub mod store;
 
 pub use cache::{CachedCode, CodeCache};
-pub use model::{Code, CodeName, CodeStatus};
+pub use model::{Code, CodeKind, CodeName, CodeStatus, VoucherReward};

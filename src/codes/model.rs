@@ -61,18 +61,114 @@ impl CodeStatus {
     }
 }
 
+/// The three kinds of limited reward, all behind the same gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CodeKind {
+    /// The first N users get `amount` in their wallet.
+    Credit,
+    /// The first N users to log in to the campaign get a voucher.
+    Voucher,
+    /// A checkout applies it to an order, within its rules.
+    Coupon,
+}
+
+impl CodeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CodeKind::Credit => "credit",
+            CodeKind::Voucher => "voucher",
+            CodeKind::Coupon => "coupon",
+        }
+    }
+
+    pub fn from_db(s: &str) -> Self {
+        match s {
+            "voucher" => CodeKind::Voucher,
+            "coupon" => CodeKind::Coupon,
+            _ => CodeKind::Credit,
+        }
+    }
+}
+
+/// What a voucher campaign hands out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VoucherReward {
+    /// Percentage off, 1-100.
+    pub percent: u32,
+    /// Largest discount one use of the voucher gives, if capped.
+    pub max_amount: Option<i64>,
+    /// What it applies to, e.g. "mobile_topup".
+    pub voucher_type: String,
+    /// How long an issued voucher stays valid, 1-3650 days.
+    pub valid_days: u32,
+}
+
+impl VoucherReward {
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1..=100).contains(&self.percent) {
+            return Err("percent must be between 1 and 100".into());
+        }
+        if self.max_amount.is_some_and(|m| m <= 0) {
+            return Err("max_amount must be positive".into());
+        }
+        if self.voucher_type.is_empty() || self.voucher_type.len() > 64 {
+            return Err("voucher_type must be 1-64 characters".into());
+        }
+        if !(1..=3650).contains(&self.valid_days) {
+            return Err("valid_days must be between 1 and 3650".into());
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Code {
     #[serde(skip)]
     pub id: i64,
     pub code: String,
-    /// Credit per redemption, in the wallet's currency unit (integer Toman).
+    pub kind: CodeKind,
+    /// Credit per redemption, in the wallet's currency unit (integer Toman); 0 for other kinds.
     pub amount: i64,
     pub limit: i32,
+    /// How many times one user may use it (1 for credit codes and vouchers).
+    pub per_user_limit: i32,
     pub starts_at: Option<DateTime<Utc>>,
     pub ends_at: Option<DateTime<Utc>>,
     pub status: CodeStatus,
+    /// IANA time zone in which day rules are judged.
+    pub time_zone: String,
+    /// Voucher or coupon reward (see VoucherReward / the coupon reward); {} for credit codes.
+    #[schema(value_type = Object)]
+    pub reward: serde_json::Value,
+    /// Coupon eligibility rules; {} when none.
+    #[schema(value_type = Object)]
+    pub rules: serde_json::Value,
+    /// The campaign a bulk-generated code belongs to.
+    pub batch: Option<String>,
     pub created_at: DateTime<Utc>,
+}
+
+impl Code {
+    pub fn voucher_reward(&self) -> Result<VoucherReward, ApiError> {
+        serde_json::from_value(self.reward.clone())
+            .map_err(|e| ApiError::internal(anyhow::anyhow!("code {} has a bad voucher reward: {e}", self.code)))
+    }
+
+    pub fn coupon_reward(&self) -> Result<crate::coupons::CouponReward, ApiError> {
+        serde_json::from_value(self.reward.clone())
+            .map_err(|e| ApiError::internal(anyhow::anyhow!("code {} has a bad coupon reward: {e}", self.code)))
+    }
+
+    pub fn coupon_rules(&self) -> Result<crate::coupons::Rules, ApiError> {
+        serde_json::from_value(self.rules.clone())
+            .map_err(|e| ApiError::internal(anyhow::anyhow!("code {} has bad rules: {e}", self.code)))
+    }
+
+    pub fn tz(&self) -> chrono_tz::Tz {
+        self.time_zone.parse().unwrap_or(crate::coupons::DEFAULT_TIME_ZONE)
+    }
 }
 
 impl Code {
@@ -104,11 +200,17 @@ mod tests {
         Code {
             id: 1,
             code: "X".into(),
+            kind: CodeKind::Credit,
             amount: 1,
             limit: 1,
+            per_user_limit: 1,
             starts_at: starts.and_then(t),
             ends_at: ends.and_then(t),
             status,
+            time_zone: "Asia/Tehran".into(),
+            reward: serde_json::json!({}),
+            rules: serde_json::json!({}),
+            batch: None,
             created_at: Utc::now(),
         }
     }

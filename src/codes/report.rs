@@ -20,6 +20,7 @@ const REASONS: [&str; 4] = ["sold_out", "already_redeemed", "not_eligible", "try
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Report {
     pub code: String,
+    pub kind: super::CodeKind,
     pub amount: i64,
     pub limit: i32,
     pub status: CodeStatus,
@@ -31,7 +32,9 @@ pub struct Report {
     pub remaining: i64,
     /// Claims taken in Redis whose commit is still in flight.
     pub pending: i64,
+    /// Credit codes: money credited. Coupons: discount given on applied orders.
     pub total_credited: i64,
+    pub total_discounted: i64,
     pub rejected: BTreeMap<String, i64>,
     pub first_at: Option<DateTime<Utc>>,
     pub last_at: Option<DateTime<Utc>>,
@@ -54,7 +57,7 @@ pub async fn build(state: &AppState, code: &Code) -> Result<Report, ApiError> {
     // This process's counts first, so the figures include them.
     flush_local_rejections(state).await;
     let db = state.pg.get().await.map_err(StoreError::from)?;
-    let summary = store::redemption_summary(&db, code.id).await?;
+    let summary = store::redemption_summary(&db, code).await?;
     let synced = store::synced_counters(&db, code.id).await?;
     let live = match state.gate.snapshot(&code.code).await {
         Ok(snapshot) => snapshot,
@@ -78,6 +81,7 @@ pub async fn build(state: &AppState, code: &Code) -> Result<Report, ApiError> {
     };
     Ok(Report {
         code: code.code.clone(),
+        kind: code.kind,
         amount: code.amount,
         limit: code.limit,
         status: code.status,
@@ -87,6 +91,7 @@ pub async fn build(state: &AppState, code: &Code) -> Result<Report, ApiError> {
         remaining: (i64::from(code.limit) - summary.redeemed).max(0),
         pending,
         total_credited: summary.total_credited,
+        total_discounted: summary.total_discounted,
         rejected,
         first_at: summary.first_at,
         last_at: summary.last_at,

@@ -3,79 +3,30 @@
 
 use actix_web::http::Method;
 use actix_web::{web, HttpResponse};
-use chrono::{DateTime, Utc};
-use deadpool_postgres::Pool;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::model::{Code, CodeName};
+use super::admin::{self, BulkCodes, ChangeCode, CreateCode};
+use super::model::{Code, CodeKind, CodeName, CodeStatus};
 use super::{report, store};
 use crate::auth::AdminUser;
 use crate::db::StoreError;
 use crate::error::{ApiError, ErrorBody};
 use crate::http::{route, Json, Query};
-use crate::redemption::Gate;
 use crate::startup::AppState;
-
-/// Largest limit a code may have: its free-ticket list is rebuilt in memory.
-pub const MAX_LIMIT: i64 = 10_000_000;
-/// Largest credit per redemption (a trillion Toman), far from i64 overflow.
-pub const MAX_AMOUNT: i64 = 1_000_000_000_000;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     route(cfg, Method::POST, "/codes/report", report_route);
     route(cfg, Method::POST, "/admin/codes", create_route);
     route(cfg, Method::GET, "/admin/codes", list_route);
+    // Before "/admin/codes/{code}": actix matches resources in order.
+    route(cfg, Method::POST, "/admin/codes/bulk", bulk_route);
     route(cfg, Method::GET, "/admin/codes/{code}", read_route);
+    route(cfg, Method::PATCH, "/admin/codes/{code}", change_route);
+    route(cfg, Method::POST, "/admin/codes/{code}/pause", pause_route);
+    route(cfg, Method::POST, "/admin/codes/{code}/resume", resume_route);
+    route(cfg, Method::POST, "/admin/codes/{code}/end", end_route);
     route(cfg, Method::GET, "/admin/codes/{code}/events", super::live::events_route);
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-pub struct CreateCode {
-    #[schema(example = "SPRING")]
-    pub code: String,
-    /// Credit per redemption, integer Toman, 1 to 10^12.
-    #[schema(example = 1000000)]
-    pub amount: i64,
-    /// How many users may redeem it, 1 to 10,000,000.
-    #[schema(example = 1000)]
-    pub limit: i64,
-    pub starts_at: Option<DateTime<Utc>>,
-    pub ends_at: Option<DateTime<Utc>>,
-}
-
-/// Validates, writes Postgres, then installs the code's gate state in Redis.
-/// Shared by the admin route and the CLI.
-pub async fn create_code(pg: &Pool, gate: &Gate, input: CreateCode) -> Result<Code, ApiError> {
-    let name = CodeName::parse(&input.code)?;
-    if !(1..=MAX_AMOUNT).contains(&input.amount) {
-        return Err(ApiError::InvalidInput(format!("amount must be between 1 and {MAX_AMOUNT}")));
-    }
-    if !(1..=MAX_LIMIT).contains(&input.limit) {
-        return Err(ApiError::InvalidInput(format!("limit must be between 1 and {MAX_LIMIT}")));
-    }
-    if let (Some(s), Some(e)) = (input.starts_at, input.ends_at) {
-        if s >= e {
-            return Err(ApiError::InvalidInput("starts_at must be before ends_at".into()));
-        }
-    }
-    let db = pg.get().await.map_err(StoreError::from)?;
-    let new = store::NewCode {
-        code: &name,
-        amount: input.amount,
-        limit: input.limit as i32,
-        starts_at: input.starts_at,
-        ends_at: input.ends_at,
-    };
-    let code = store::insert_code(&db, &new).await?.ok_or(ApiError::CodeExists)?;
-    // A brand-new code has no redemptions: its gate state replaces any leftover.
-    // If Redis is down now, the reconciler installs it later (the code answers
-    // 503 until then), so the code exists either way.
-    if let Err(e) = gate.install(&code.code, code.limit, 0, &[], &[], true).await {
-        tracing::warn!(code = %code.code, error = %e, "code created; its gate state is left to the reconciler");
-    }
-    tracing::info!(code = %code.code, amount = code.amount, limit = code.limit, "code created");
-    Ok(code)
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -122,7 +73,7 @@ pub async fn create_route(
     _admin: AdminUser,
     body: Json<CreateCode>,
 ) -> Result<HttpResponse, ApiError> {
-    let code = create_code(&state.pg, &state.gate, body.into_inner()).await?;
+    let code = admin::create_code(&state.pg, &state.gate, body.into_inner(), &state.config.default_time_zone).await?;
     state.codes.invalidate(&code.code);
     Ok(HttpResponse::Created().json(code))
 }
@@ -136,6 +87,10 @@ pub struct CodePage {
 
 #[derive(Deserialize, IntoParams)]
 pub struct ListQuery {
+    /// Only codes of this kind.
+    kind: Option<CodeKind>,
+    /// Only codes with this status.
+    status: Option<CodeStatus>,
     /// Page size, 1-500 (default 100).
     limit: Option<i64>,
     /// Continue after this position (`next_after` of the previous page).
@@ -159,7 +114,7 @@ pub async fn list_route(
         return Err(ApiError::InvalidInput("limit must be between 1 and 500".into()));
     }
     let db = state.pg.get().await.map_err(StoreError::from)?;
-    let items = store::list_codes(&db, limit, query.after.unwrap_or(0)).await?;
+    let items = store::list_codes(&db, query.kind, query.status, limit, query.after.unwrap_or(0)).await?;
     let next_after = if items.len() as i64 == limit { items.last().map(|c| c.id) } else { None };
     Ok(HttpResponse::Ok().json(CodePage { items, next_after }))
 }
@@ -179,4 +134,116 @@ pub async fn read_route(
 ) -> Result<HttpResponse, ApiError> {
     let code = find(&state, &path.into_inner()).await?;
     Ok(HttpResponse::Ok().json(code))
+}
+
+async fn change_and_answer(state: &AppState, raw: &str, change: ChangeCode) -> Result<HttpResponse, ApiError> {
+    let code = find(state, raw).await?;
+    let changed = admin::change_code(&state.pg, &state.gate, &code, change).await?;
+    // This gateway sees the change at once; others within CODE_CACHE_TTL_MS
+    // (the gate's limit changes for all of them at once).
+    state.codes.invalidate(&changed.code);
+    if changed.limit > code.limit {
+        if let Some(hints) = state.codes.hints_of(&changed.code) {
+            hints.clear_sold_out();
+        }
+    }
+    Ok(HttpResponse::Ok().json(changed))
+}
+
+/// Change a code: limit (up, or down to just above the highest slot in use),
+/// per-user limit, window, status, rules.
+#[utoipa::path(patch, path = "/admin/codes/{code}", tag = "admin", security(("bearer" = [])),
+    params(("code" = String, Path, description = "the code, case-insensitive")),
+    request_body = ChangeCode, responses(
+        (status = 200, body = Code),
+        (status = 404, description = "code_not_found", body = ErrorBody),
+        (status = 401, description = "unauthorized / token_expired", body = ErrorBody),
+        (status = 403, description = "forbidden: admin only", body = ErrorBody),
+        (status = 400, description = "malformed_json", body = ErrorBody),
+        (status = 422, description = "invalid_input (e.g. limit below use)", body = ErrorBody)))]
+pub async fn change_route(
+    state: web::Data<AppState>,
+    _admin: AdminUser,
+    path: web::Path<String>,
+    body: Json<ChangeCode>,
+) -> Result<HttpResponse, ApiError> {
+    change_and_answer(&state, &path.into_inner(), body.into_inner()).await
+}
+
+fn status_change(status: CodeStatus) -> ChangeCode {
+    ChangeCode { status: Some(status), ..Default::default() }
+}
+
+/// Pause a code: it refuses uses (422 not_eligible) until resumed.
+#[utoipa::path(post, path = "/admin/codes/{code}/pause", tag = "admin", security(("bearer" = [])),
+    params(("code" = String, Path)), responses((status = 200, body = Code),
+        (status = 404, description = "code_not_found", body = ErrorBody),
+        (status = 401, description = "unauthorized", body = ErrorBody),
+        (status = 403, description = "forbidden", body = ErrorBody),
+        (status = 422, description = "invalid_input: an ended code stays ended", body = ErrorBody)))]
+pub async fn pause_route(
+    state: web::Data<AppState>,
+    _admin: AdminUser,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    change_and_answer(&state, &path.into_inner(), status_change(CodeStatus::Paused)).await
+}
+
+/// Resume a paused code.
+#[utoipa::path(post, path = "/admin/codes/{code}/resume", tag = "admin", security(("bearer" = [])),
+    params(("code" = String, Path)), responses((status = 200, body = Code),
+        (status = 404, description = "code_not_found", body = ErrorBody),
+        (status = 401, description = "unauthorized", body = ErrorBody),
+        (status = 403, description = "forbidden", body = ErrorBody),
+        (status = 422, description = "invalid_input: an ended code stays ended", body = ErrorBody)))]
+pub async fn resume_route(
+    state: web::Data<AppState>,
+    _admin: AdminUser,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    change_and_answer(&state, &path.into_inner(), status_change(CodeStatus::Active)).await
+}
+
+/// End a code for good.
+#[utoipa::path(post, path = "/admin/codes/{code}/end", tag = "admin", security(("bearer" = [])),
+    params(("code" = String, Path)), responses((status = 200, body = Code),
+        (status = 404, description = "code_not_found", body = ErrorBody),
+        (status = 401, description = "unauthorized", body = ErrorBody),
+        (status = 403, description = "forbidden", body = ErrorBody)))]
+pub async fn end_route(
+    state: web::Data<AppState>,
+    _admin: AdminUser,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    change_and_answer(&state, &path.into_inner(), status_change(CodeStatus::Ended)).await
+}
+
+/// Generate K unique single-use codes for one campaign; answers a CSV file.
+#[utoipa::path(post, path = "/admin/codes/bulk", tag = "admin", security(("bearer" = [])),
+    request_body = BulkCodes, responses(
+        (status = 201, description = "CSV: a `code` header, then one code per line", content_type = "text/csv", body = String),
+        (status = 409, description = "code_exists (a generated name clashed; retry)", body = ErrorBody),
+        (status = 401, description = "unauthorized", body = ErrorBody),
+        (status = 403, description = "forbidden", body = ErrorBody),
+        (status = 400, description = "malformed_json", body = ErrorBody),
+        (status = 422, description = "invalid_input", body = ErrorBody)))]
+pub async fn bulk_route(
+    state: web::Data<AppState>,
+    _admin: AdminUser,
+    body: Json<BulkCodes>,
+) -> Result<HttpResponse, ApiError> {
+    let input = body.into_inner();
+    let batch = input.batch.clone().unwrap_or_else(|| input.prefix.to_ascii_uppercase());
+    let names = admin::bulk_generate(&state.pg, &state.gate, input, &state.config.default_time_zone).await?;
+    let mut csv = String::with_capacity(names.len() * 24 + 8);
+    csv.push_str("code\n");
+    for name in &names {
+        csv.push_str(name);
+        csv.push('\n');
+    }
+    let file: String = batch.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_').collect();
+    Ok(HttpResponse::Created()
+        .content_type("text/csv; charset=utf-8")
+        .insert_header(("Content-Disposition", format!("attachment; filename=\"{file}.csv\"")))
+        .body(csv))
 }

@@ -6,40 +6,68 @@ use deadpool_postgres::GenericClient;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Row;
 
-use super::model::{Code, CodeName, CodeStatus};
+use super::model::{Code, CodeKind, CodeName, CodeStatus};
 use crate::db::StoreError;
 
-const CODE_COLUMNS: &str = "id, code, amount, redemption_limit, starts_at, ends_at, status, created_at";
+const CODE_COLUMNS: &str = "id, code, kind, amount, redemption_limit, per_user_limit, starts_at, ends_at, \
+                            status, time_zone, reward, rules, batch, created_at";
 
 fn code_from_row(row: &Row) -> Code {
     Code {
         id: row.get(0),
         code: row.get(1),
-        amount: row.get(2),
-        limit: row.get(3),
-        starts_at: row.get(4),
-        ends_at: row.get(5),
-        status: CodeStatus::from_db(row.get(6)),
-        created_at: row.get(7),
+        kind: CodeKind::from_db(row.get(2)),
+        amount: row.get(3),
+        limit: row.get(4),
+        per_user_limit: row.get(5),
+        starts_at: row.get(6),
+        ends_at: row.get(7),
+        status: CodeStatus::from_db(row.get(8)),
+        time_zone: row.get(9),
+        reward: row.get(10),
+        rules: row.get(11),
+        batch: row.get(12),
+        created_at: row.get(13),
     }
 }
 
 pub struct NewCode<'a> {
     pub code: &'a CodeName,
+    pub kind: CodeKind,
     pub amount: i64,
     pub limit: i32,
+    pub per_user_limit: i32,
     pub starts_at: Option<DateTime<Utc>>,
     pub ends_at: Option<DateTime<Utc>>,
+    pub time_zone: &'a str,
+    pub reward: &'a serde_json::Value,
+    pub rules: &'a serde_json::Value,
+    pub batch: Option<&'a str>,
 }
 
 /// Inserts the code; `Ok(None)` if one with this name exists.
 pub async fn insert_code(db: &impl GenericClient, new: &NewCode<'_>) -> Result<Option<Code>, StoreError> {
     let sql = format!(
-        "INSERT INTO codes (code, amount, redemption_limit, starts_at, ends_at) VALUES ($1, $2, $3, $4, $5)
+        "INSERT INTO codes (code, kind, amount, redemption_limit, per_user_limit, starts_at, ends_at,
+                            time_zone, reward, rules, batch)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
          RETURNING {CODE_COLUMNS}"
     );
     let stmt = db.prepare_cached(&sql).await?;
-    match db.query_one(&stmt, &[&new.code.as_str(), &new.amount, &new.limit, &new.starts_at, &new.ends_at]).await {
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 11] = [
+        &new.code.as_str(),
+        &new.kind.as_str(),
+        &new.amount,
+        &new.limit,
+        &new.per_user_limit,
+        &new.starts_at,
+        &new.ends_at,
+        &new.time_zone,
+        new.reward,
+        new.rules,
+        &new.batch,
+    ];
+    match db.query_one(&stmt, &params).await {
         Ok(row) => Ok(Some(code_from_row(&row))),
         Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => Ok(None),
         Err(e) => Err(e.into()),
@@ -63,49 +91,97 @@ pub async fn active_codes(db: &impl GenericClient) -> Result<Vec<Code>, StoreErr
     Ok(db.query(&stmt, &[]).await?.iter().map(code_from_row).collect())
 }
 
-pub async fn list_codes(db: &impl GenericClient, limit: i64, after_id: i64) -> Result<Vec<Code>, StoreError> {
-    let stmt =
-        db.prepare_cached(&format!("SELECT {CODE_COLUMNS} FROM codes WHERE id > $1 ORDER BY id LIMIT $2")).await?;
-    Ok(db.query(&stmt, &[&after_id, &limit]).await?.iter().map(code_from_row).collect())
-}
-
-/// Every committed (user, ticket) of a code: what a Redis rebuild starts from.
-pub async fn committed_claims(db: &impl GenericClient, code_id: i64) -> Result<Vec<(i64, i32)>, StoreError> {
-    let stmt = db.prepare_cached("SELECT user_id, ticket FROM redemptions WHERE code_id = $1").await?;
-    Ok(db.query(&stmt, &[&code_id]).await?.iter().map(|r| (r.get(0), r.get(1))).collect())
-}
-
-/// Which of `users` hold a committed redemption of the code.
-pub async fn users_with_redemption(
+pub async fn list_codes(
     db: &impl GenericClient,
-    code_id: i64,
-    users: &[i64],
-) -> Result<Vec<i64>, StoreError> {
-    let stmt = db.prepare_cached("SELECT user_id FROM redemptions WHERE code_id = $1 AND user_id = ANY($2)").await?;
-    Ok(db.query(&stmt, &[&code_id, &users]).await?.iter().map(|r| r.get(0)).collect())
+    kind: Option<CodeKind>,
+    status: Option<CodeStatus>,
+    limit: i64,
+    after_id: i64,
+) -> Result<Vec<Code>, StoreError> {
+    let stmt = db
+        .prepare_cached(&format!(
+            "SELECT {CODE_COLUMNS} FROM codes
+             WHERE id > $1 AND ($2::text IS NULL OR kind = $2) AND ($3::text IS NULL OR status = $3)
+             ORDER BY id LIMIT $4"
+        ))
+        .await?;
+    let kind = kind.map(CodeKind::as_str);
+    let status = status.map(CodeStatus::as_str);
+    Ok(db.query(&stmt, &[&after_id, &kind, &status, &limit]).await?.iter().map(code_from_row).collect())
+}
+
+/// The table holding a kind's live tickets, and how a holder is named there.
+/// Holders are what the gate dedupes on: the user for credit codes and
+/// vouchers, the order for coupons.
+fn ticket_source(kind: CodeKind) -> &'static str {
+    match kind {
+        CodeKind::Credit => "SELECT user_id::text AS holder, ticket FROM redemptions WHERE code_id = $1",
+        CodeKind::Voucher => "SELECT user_id::text AS holder, ticket FROM vouchers WHERE code_id = $1",
+        CodeKind::Coupon => {
+            "SELECT 'order:' || order_number AS holder, ticket FROM coupon_redemptions
+             WHERE code_id = $1 AND status = 'applied'"
+        }
+    }
+}
+
+/// Every committed (holder, ticket) of a code: what a Redis rebuild starts from.
+pub async fn committed_claims(db: &impl GenericClient, code: &Code) -> Result<Vec<(String, i32)>, StoreError> {
+    let stmt = db.prepare_cached(ticket_source(code.kind)).await?;
+    Ok(db.query(&stmt, &[&code.id]).await?.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Which of `holders` hold a committed ticket of the code.
+pub async fn committed_holders(
+    db: &impl GenericClient,
+    code: &Code,
+    holders: &[String],
+) -> Result<Vec<String>, StoreError> {
+    let sql = format!("SELECT holder FROM ({}) t WHERE holder = ANY($2)", ticket_source(code.kind));
+    let stmt = db.prepare_cached(&sql).await?;
+    Ok(db.query(&stmt, &[&code.id, &holders]).await?.iter().map(|r| r.get(0)).collect())
+}
+
+/// The highest ticket in use (committed), if any: a limit may not go below it.
+pub async fn highest_ticket(db: &impl GenericClient, code: &Code) -> Result<Option<i32>, StoreError> {
+    let sql = format!("SELECT max(ticket) FROM ({}) t", ticket_source(code.kind));
+    let stmt = db.prepare_cached(&sql).await?;
+    Ok(db.query_one(&stmt, &[&code.id]).await?.get(0))
 }
 
 #[derive(Debug, Default)]
 pub struct RedemptionSummary {
+    /// Live uses: redemptions, vouchers issued, or coupons applied (not cancelled).
     pub redeemed: i64,
     pub total_credited: i64,
+    pub total_discounted: i64,
     pub first_at: Option<DateTime<Utc>>,
     pub last_at: Option<DateTime<Utc>>,
 }
 
-pub async fn redemption_summary(db: &impl GenericClient, code_id: i64) -> Result<RedemptionSummary, StoreError> {
-    let stmt = db
-        .prepare_cached(
-            "SELECT count(*), coalesce(sum(amount), 0)::bigint, min(created_at), max(created_at)
-             FROM redemptions WHERE code_id = $1",
-        )
-        .await?;
-    let row = db.query_one(&stmt, &[&code_id]).await?;
+pub async fn redemption_summary(db: &impl GenericClient, code: &Code) -> Result<RedemptionSummary, StoreError> {
+    let sql = match code.kind {
+        CodeKind::Credit => {
+            "SELECT count(*), coalesce(sum(amount), 0)::bigint, 0::bigint, min(created_at), max(created_at)
+             FROM redemptions WHERE code_id = $1"
+        }
+        CodeKind::Voucher => {
+            "SELECT count(*), 0::bigint, 0::bigint, min(issued_at), max(issued_at) FROM vouchers WHERE code_id = $1"
+        }
+        CodeKind::Coupon => {
+            "SELECT count(*) FILTER (WHERE status = 'applied'), 0::bigint,
+                    coalesce(sum(discount) FILTER (WHERE status = 'applied'), 0)::bigint,
+                    min(created_at), max(created_at)
+             FROM coupon_redemptions WHERE code_id = $1"
+        }
+    };
+    let stmt = db.prepare_cached(sql).await?;
+    let row = db.query_one(&stmt, &[&code.id]).await?;
     Ok(RedemptionSummary {
         redeemed: row.get(0),
         total_credited: row.get(1),
-        first_at: row.get(2),
-        last_at: row.get(3),
+        total_discounted: row.get(2),
+        first_at: row.get(3),
+        last_at: row.get(4),
     })
 }
 
@@ -137,4 +213,125 @@ pub async fn save_synced_counters(
         .await?;
     db.execute(&stmt, &[&code_id, &remaining, rejections]).await?;
     Ok(())
+}
+
+/// A change to a code; `None` leaves a field as it is.
+#[derive(Debug, Default)]
+pub struct CodeChange {
+    pub limit: Option<i32>,
+    pub per_user_limit: Option<i32>,
+    /// `Some(None)` clears the bound.
+    pub starts_at: Option<Option<DateTime<Utc>>>,
+    pub ends_at: Option<Option<DateTime<Utc>>>,
+    pub status: Option<CodeStatus>,
+    pub rules: Option<serde_json::Value>,
+}
+
+#[derive(Debug)]
+pub enum ChangeOutcome {
+    Changed(Code),
+    /// The limit would fall to or below a ticket in use.
+    LimitBelowUse {
+        highest_ticket: i32,
+    },
+    /// The window would end before it starts.
+    BadWindow,
+}
+
+/// Applies `change` in one transaction. The code's row is locked FOR UPDATE
+/// first: that waits for commits in flight (they hold FOR KEY SHARE on it)
+/// and makes later ones see the new limit, so a lowered limit is exact.
+pub async fn change_code(
+    client: &mut deadpool_postgres::Client,
+    code: &Code,
+    change: &CodeChange,
+) -> Result<ChangeOutcome, StoreError> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT 1 FROM codes WHERE id = $1 FOR UPDATE", &[&code.id]).await?;
+    if let Some(limit) = change.limit {
+        if let Some(highest) = highest_ticket(&tx, code).await? {
+            if highest >= limit {
+                return Ok(ChangeOutcome::LimitBelowUse { highest_ticket: highest });
+            }
+        }
+    }
+    let sql = format!(
+        "UPDATE codes SET
+            redemption_limit = coalesce($2, redemption_limit),
+            per_user_limit = coalesce($3, per_user_limit),
+            starts_at = CASE WHEN $4 THEN $5 ELSE starts_at END,
+            ends_at = CASE WHEN $6 THEN $7 ELSE ends_at END,
+            status = coalesce($8, status),
+            rules = coalesce($9, rules),
+            updated_at = now()
+         WHERE id = $1 RETURNING {CODE_COLUMNS}"
+    );
+    let status = change.status.map(CodeStatus::as_str);
+    let result = tx
+        .query_one(
+            &sql,
+            &[
+                &code.id,
+                &change.limit,
+                &change.per_user_limit,
+                &change.starts_at.is_some(),
+                &change.starts_at.flatten(),
+                &change.ends_at.is_some(),
+                &change.ends_at.flatten(),
+                &status,
+                &change.rules,
+            ],
+        )
+        .await;
+    let row = match result {
+        Ok(row) => row,
+        Err(e) if e.code() == Some(&SqlState::CHECK_VIOLATION) => return Ok(ChangeOutcome::BadWindow),
+        Err(e) => return Err(e.into()),
+    };
+    tx.commit().await?;
+    Ok(ChangeOutcome::Changed(code_from_row(&row)))
+}
+
+pub struct BulkSpec<'a> {
+    pub kind: CodeKind,
+    pub amount: i64,
+    pub starts_at: Option<DateTime<Utc>>,
+    pub ends_at: Option<DateTime<Utc>>,
+    pub time_zone: &'a str,
+    pub reward: &'a serde_json::Value,
+    pub rules: &'a serde_json::Value,
+    pub batch: &'a str,
+}
+
+/// Inserts single-use codes named `names` in one statement: all of them, or
+/// none if any name exists already (then 0).
+pub async fn insert_bulk(db: &impl GenericClient, names: &[String], spec: &BulkSpec<'_>) -> Result<u64, StoreError> {
+    let stmt = db
+        .prepare_cached(
+            "INSERT INTO codes (code, kind, amount, redemption_limit, per_user_limit, starts_at, ends_at,
+                                time_zone, reward, rules, batch)
+             SELECT name, $2, $3, 1, 1, $4, $5, $6, $7, $8, $9 FROM unnest($1::text[]) AS name",
+        )
+        .await?;
+    let inserted = db
+        .execute(
+            &stmt,
+            &[
+                &names,
+                &spec.kind.as_str(),
+                &spec.amount,
+                &spec.starts_at,
+                &spec.ends_at,
+                &spec.time_zone,
+                spec.reward,
+                spec.rules,
+                &spec.batch,
+            ],
+        )
+        .await;
+    match inserted {
+        Ok(n) => Ok(n),
+        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => Ok(0),
+        Err(e) => Err(e.into()),
+    }
 }

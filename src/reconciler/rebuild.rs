@@ -37,7 +37,7 @@ pub async fn rebuild_if_missing(state: &AppState, code: &Code) -> Result<bool, R
 async fn rebuild(state: &AppState, code: &Code) -> Result<bool, RebuildError> {
     let (claims, synced) = {
         let db = state.pg.get().await.map_err(StoreError::from)?;
-        (store::committed_claims(&db, code.id).await?, store::synced_counters(&db, code.id).await?)
+        (store::committed_claims(&db, code).await?, store::synced_counters(&db, code.id).await?)
     };
     let (next, free) = free_tickets(&claims);
     let installed = state.gate.install(&code.code, code.limit, next, &claims, &free, false).await?;
@@ -55,7 +55,7 @@ async fn rebuild(state: &AppState, code: &Code) -> Result<bool, RebuildError> {
 }
 
 /// `next` = one past the highest committed ticket; free = the unused tickets below it.
-fn free_tickets(claims: &[(i64, i32)]) -> (i32, Vec<i32>) {
+fn free_tickets(claims: &[(String, i32)]) -> (i32, Vec<i32>) {
     let used: HashSet<i32> = claims.iter().map(|(_, t)| *t).collect();
     let next = used.iter().max().map_or(0, |m| m + 1);
     let free = (0..next).filter(|t| !used.contains(t)).collect();
@@ -88,7 +88,8 @@ mod tests {
     #[test]
     fn free_tickets_are_the_gaps_below_the_highest_used() {
         assert_eq!(free_tickets(&[]), (0, vec![]));
-        assert_eq!(free_tickets(&[(1, 0), (2, 1)]), (2, vec![]));
-        assert_eq!(free_tickets(&[(1, 4), (2, 1)]), (5, vec![0, 2, 3]));
+        let held = |pairs: &[(&str, i32)]| pairs.iter().map(|(h, t)| (h.to_string(), *t)).collect::<Vec<_>>();
+        assert_eq!(free_tickets(&held(&[("1", 0), ("2", 1)])), (2, vec![]));
+        assert_eq!(free_tickets(&held(&[("1", 4), ("order:9", 1)])), (5, vec![0, 2, 3]));
     }
 }

@@ -26,18 +26,18 @@ pub async fn sweep_stale_claims(state: &AppState, code: &Code) -> Result<SweepSt
     if stale.is_empty() {
         return Ok(SweepStats::default());
     }
-    let users: Vec<i64> = stale.iter().map(|(u, _)| *u).collect();
-    let committed: HashSet<i64> = {
+    let holders: Vec<String> = stale.iter().map(|(h, _)| h.clone()).collect();
+    let committed: HashSet<String> = {
         let db = state.pg.get().await.map_err(StoreError::from)?;
-        store::users_with_redemption(&db, code.id, &users).await?.into_iter().collect()
+        store::committed_holders(&db, code, &holders).await?.into_iter().collect()
     };
-    let confirmed: Vec<i64> = users.iter().copied().filter(|u| committed.contains(u)).collect();
+    let confirmed: Vec<&String> = holders.iter().filter(|h| committed.contains(*h)).collect();
     state.gate.confirm(&code.code, &confirmed).await?;
     let mut stats = SweepStats { confirmed: confirmed.len(), released: 0 };
-    for (user, ticket) in stale.into_iter().filter(|(u, _)| !committed.contains(u)) {
-        if state.gate.release(&code.code, user, ticket, Release::Free, true).await? {
+    for (holder, ticket) in stale.into_iter().filter(|(h, _)| !committed.contains(h)) {
+        if state.gate.release(&code.code, &holder, ticket, Release::Free, true).await? {
             stats.released += 1;
-            tracing::info!(code = %code.code, user, ticket, "stale claim released");
+            tracing::info!(code = %code.code, holder, ticket, "stale claim released");
         }
     }
     if stats.released > 0 {

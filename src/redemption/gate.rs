@@ -152,7 +152,8 @@ impl Gate {
         redis::cmd("PING").query_async::<String>(&mut conn).await.map(|_| ()).map_err(|e| e.to_string())
     }
 
-    pub async fn claim(&self, code: &str, user_id: i64) -> Result<Claim, GateError> {
+    /// Claims a slot of `code` for `holder` (a user id, or an order for coupons).
+    pub async fn claim(&self, code: &str, holder: &str) -> Result<Claim, GateError> {
         let k = self.keys(code);
         let mut conn = self.conn.clone();
         let reply: Vec<i64> = self
@@ -162,7 +163,7 @@ impl Gate {
             .key(&k.pending)
             .key(&k.free)
             .key(&k.stats)
-            .arg(user_id)
+            .arg(holder)
             .arg(self.claim_grace_ms)
             .invoke_async(&mut conn)
             .await?;
@@ -179,7 +180,7 @@ impl Gate {
     pub async fn release(
         &self,
         code: &str,
-        user_id: i64,
+        holder: &str,
         ticket: i32,
         mode: Release,
         only_if_pending: bool,
@@ -192,7 +193,7 @@ impl Gate {
             .key(&k.claims)
             .key(&k.pending)
             .key(&k.free)
-            .arg(user_id)
+            .arg(holder)
             .arg(ticket)
             .arg(mode.as_arg())
             .arg(if only_if_pending { "1" } else { "0" })
@@ -202,22 +203,23 @@ impl Gate {
     }
 
     /// The claim is committed in Postgres: it is no longer pending.
-    pub async fn confirm(&self, code: &str, user_ids: &[i64]) -> Result<(), GateError> {
-        if user_ids.is_empty() {
+    pub async fn confirm<H: AsRef<str>>(&self, code: &str, holders: &[H]) -> Result<(), GateError> {
+        if holders.is_empty() {
             return Ok(());
         }
         let k = self.keys(code);
         let mut conn = self.conn.clone();
-        conn.zrem::<_, _, ()>(&k.pending, user_ids).await?;
+        let holders: Vec<&str> = holders.iter().map(AsRef::as_ref).collect();
+        conn.zrem::<_, _, ()>(&k.pending, holders).await?;
         Ok(())
     }
 
-    /// Users whose claim has been pending since before `cutoff_ms` (Redis time,
-    /// ms), with their tickets; at most `max`.
-    pub async fn stale_claims(&self, code: &str, cutoff_ms: i64, max: usize) -> Result<Vec<(i64, i32)>, GateError> {
+    /// Holders whose claim has been pending since before `cutoff_ms` (Redis
+    /// time, ms), with their tickets; at most `max`.
+    pub async fn stale_claims(&self, code: &str, cutoff_ms: i64, max: usize) -> Result<Vec<(String, i32)>, GateError> {
         let k = self.keys(code);
         let mut conn = self.conn.clone();
-        let users: Vec<i64> = redis::cmd("ZRANGE")
+        let users: Vec<String> = redis::cmd("ZRANGE")
             .arg(&k.pending)
             .arg("-inf")
             .arg(cutoff_ms)
@@ -246,7 +248,7 @@ impl Gate {
         Ok(conn.exists(self.keys(code).meta).await?)
     }
 
-    /// Installs a code's state: `claims` (committed user -> ticket) and the
+    /// Installs a code's state: `claims` (committed holder -> ticket) and the
     /// `free` tickets below `next`. Staged under temporary keys, then swapped
     /// in by one script; meta last. Unless `force`, existing state wins.
     pub async fn install(
@@ -254,7 +256,7 @@ impl Gate {
         code: &str,
         limit: i32,
         next: i32,
-        claims: &[(i64, i32)],
+        claims: &[(String, i32)],
         free: &[i32],
         force: bool,
     ) -> Result<bool, GateError> {
@@ -319,6 +321,33 @@ impl Gate {
             pending,
             rejections,
         }))
+    }
+
+    /// Installs empty state for brand-new codes (bulk creation), pipelined.
+    pub async fn install_fresh(&self, codes: &[String], limit: i32) -> Result<(), GateError> {
+        let mut conn = self.conn.clone();
+        for chunk in codes.chunks(1_000) {
+            let mut pipe = redis::pipe();
+            for code in chunk {
+                let k = self.keys(code);
+                pipe.del(&[&k.claims, &k.pending, &k.free]).ignore();
+                pipe.hset_multiple(&k.meta, &[("limit", limit), ("next", 0)]).ignore();
+            }
+            pipe.query_async::<()>(&mut conn).await?;
+        }
+        Ok(())
+    }
+
+    /// Sets the gate's limit at once (if the code's state is loaded; otherwise
+    /// a rebuild reads it from Postgres). Tickets at or above a lowered limit
+    /// are never handed out again.
+    pub async fn set_limit(&self, code: &str, limit: i32) -> Result<(), GateError> {
+        let script = Script::new(
+            "if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'limit', ARGV[1]) end return 1",
+        );
+        let mut conn = self.conn.clone();
+        script.key(self.keys(code).meta).arg(limit).invoke_async::<i64>(&mut conn).await?;
+        Ok(())
     }
 
     /// Adds rejection counts counted in-process.

@@ -1,7 +1,10 @@
-//! POST /codes/use, in order: the cached code and its rules, the Redis claim,
-//! the Postgres commit, then confirm — or release if the commit did not happen.
-//! The only place that knows both the gate and the commit.
+//! The redemption path, in order: the cached code and its rules, the Redis
+//! claim, the Postgres commit, then confirm — or release if the commit did not
+//! happen. `through_gate` is that path for any kind of code (credit codes
+//! here, vouchers and coupons in their modules); it is the only place that
+//! knows both the gate and a commit.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -11,42 +14,45 @@ use serde::Serialize;
 use super::commit::{self, Committed};
 use super::gate::{Claim, Release};
 use crate::codes::cache::LocalReject;
-use crate::codes::{store as codes_store, CachedCode, CodeName};
+use crate::codes::{store as codes_store, CachedCode, CodeKind, CodeName};
 use crate::db::StoreError;
 use crate::error::ApiError;
 use crate::reconciler;
 use crate::startup::AppState;
 use crate::telemetry::{COMMIT_DURATION, GATE_DURATION, REDEMPTIONS};
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Redeemed {
-    pub code: String,
-    pub amount: i64,
-    pub balance: i64,
+/// What a kind's commit reports back to `through_gate`.
+#[derive(Debug)]
+pub enum Commit<T> {
+    Done(T),
+    /// The holder already has a committed use: keep its claim, free the spare ticket.
+    AlreadyHeld,
+    /// Postgres holds this ticket already (Redis lost state): drop it; the caller may retry.
+    TicketTaken,
+    /// The ticket is not below the code's limit any more (it was lowered): drop it.
+    TicketOutOfRange,
+    /// Refused for the holder's own reason (unknown user, per-user limit): free the ticket.
+    Refused(ApiError),
 }
 
-pub async fn redeem(state: &Arc<AppState>, user_id: i64, name: &CodeName) -> Result<Redeemed, ApiError> {
-    let result = redeem_once(state, user_id, name).await;
-    record_outcome(name, &result);
-    result
+/// The code named `name`, from the cache; 404 if it does not exist.
+pub async fn lookup(state: &AppState, name: &CodeName) -> Result<Arc<CachedCode>, ApiError> {
+    state.codes.get(&state.pg, name.as_str()).await?.ok_or(ApiError::CodeNotFound)
 }
 
-fn record_outcome(name: &CodeName, result: &Result<Redeemed, ApiError>) {
-    let outcome = match result {
-        Ok(_) => "success",
-        Err(e @ (ApiError::SoldOut | ApiError::AlreadyRedeemed | ApiError::NotEligible(_) | ApiError::TryAgain(_))) => {
-            e.code()
-        }
-        Err(ApiError::CodeNotFound) => "code_not_found",
-        Err(_) => "error",
-    };
-    // Unknown codes are whatever a client typed: never a label value.
-    let code = if matches!(result, Err(ApiError::CodeNotFound)) { "unknown".to_string() } else { name.to_string() };
-    metrics::counter!(REDEMPTIONS, "code" => code, "outcome" => outcome).increment(1);
-}
-
-async fn redeem_once(state: &Arc<AppState>, user_id: i64, name: &CodeName) -> Result<Redeemed, ApiError> {
-    let code = state.codes.get(&state.pg, name.as_str()).await?.ok_or(ApiError::CodeNotFound)?;
+/// Admits `holder` (a user id, or an order for coupons) to `code` and runs
+/// `commit` with the ticket it got. Any outcome but `Done` gives the ticket
+/// back (or drops it, when Postgres says it is used or out of range).
+pub async fn through_gate<T, F, Fut>(
+    state: &Arc<AppState>,
+    code: &CachedCode,
+    holder: &str,
+    commit: F,
+) -> Result<T, ApiError>
+where
+    F: Fn(i32) -> Fut,
+    Fut: Future<Output = Result<Commit<T>, StoreError>>,
+{
     if let Err(e) = code.code.check_redeemable(Utc::now()) {
         code.hints.count(LocalReject::NotEligible);
         return Err(e);
@@ -55,17 +61,18 @@ async fn redeem_once(state: &Arc<AppState>, user_id: i64, name: &CodeName) -> Re
         code.hints.count(LocalReject::SoldOut);
         return Err(ApiError::SoldOut);
     }
+    let name = code.code.code.as_str();
     let mut settled = false;
     loop {
         let started = Instant::now();
-        let claim = state.gate.claim(name.as_str(), user_id).await;
+        let claim = state.gate.claim(name, holder).await;
         metrics::histogram!(GATE_DURATION).record(started.elapsed().as_secs_f64());
         return match claim? {
-            Claim::Granted { ticket } => commit_claim(state, &code, user_id, ticket).await,
+            Claim::Granted { ticket } => commit_or_release(state, code, holder, ticket, &commit).await,
             Claim::AlreadyClaimed => Err(ApiError::AlreadyRedeemed),
             Claim::Abandoned { ticket } if !settled => {
                 settled = true;
-                if settle_abandoned_claim(state, &code, user_id, ticket).await? {
+                if settle_abandoned_claim(state, code, holder, ticket).await? {
                     Err(ApiError::AlreadyRedeemed)
                 } else {
                     continue; // released: claim afresh, once
@@ -85,61 +92,39 @@ async fn redeem_once(state: &Arc<AppState>, user_id: i64, name: &CodeName) -> Re
     }
 }
 
-/// The user's claim has been pending past the grace period, so no commit for
-/// it can still be running (statements time out sooner). Postgres decides:
-/// a row means it was committed (confirm it; true), none means its gateway
-/// died first (release it; false). The reconciler does the same in bulk.
-async fn settle_abandoned_claim(
+async fn commit_or_release<T, F, Fut>(
     state: &AppState,
     code: &CachedCode,
-    user_id: i64,
+    holder: &str,
     ticket: i32,
-) -> Result<bool, ApiError> {
-    let name = code.code.code.as_str();
-    let committed = {
-        let db = state.pg.get().await.map_err(StoreError::from)?;
-        !codes_store::users_with_redemption(&db, code.code.id, &[user_id]).await?.is_empty()
-    };
-    if committed {
-        state.gate.confirm(name, &[user_id]).await?;
-    } else {
-        state.gate.release(name, user_id, ticket, Release::Free, true).await?;
-        tracing::info!(code = name, user_id, ticket, "abandoned claim released on the user's retry");
-    }
-    Ok(committed)
-}
-
-async fn commit_claim(
-    state: &Arc<AppState>,
-    code: &CachedCode,
-    user_id: i64,
-    ticket: i32,
-) -> Result<Redeemed, ApiError> {
+    commit: &F,
+) -> Result<T, ApiError>
+where
+    F: Fn(i32) -> Fut,
+    Fut: Future<Output = Result<Commit<T>, StoreError>>,
+{
     let name = code.code.code.as_str();
     let started = Instant::now();
-    let outcome = match state.pg.get().await {
-        Ok(db) => commit::commit(&db, code.code.id, user_id, ticket).await,
-        Err(e) => Err(StoreError::from(e)),
-    };
+    let outcome = commit(ticket).await;
     metrics::histogram!(COMMIT_DURATION).record(started.elapsed().as_secs_f64());
     let (release, answer) = match outcome {
-        Ok(Committed::Credited { amount, balance, .. }) => {
+        Ok(Commit::Done(value)) => {
             // Best effort: the reconciler confirms whatever it finds committed.
-            if let Err(e) = state.gate.confirm(name, &[user_id]).await {
+            if let Err(e) = state.gate.confirm(name, &[holder]).await {
                 tracing::debug!(error = %e, "confirm deferred to the reconciler");
             }
-            return Ok(Redeemed { code: code.code.code.clone(), amount, balance });
+            return Ok(value);
         }
-        Ok(Committed::AlreadyRedeemed) => (Release::KeepClaim, ApiError::AlreadyRedeemed),
-        Ok(Committed::TicketTaken) => {
-            tracing::warn!(code = name, ticket, "gate handed out a committed ticket; state will be rebuilt");
+        Ok(Commit::AlreadyHeld) => (Release::KeepClaim, ApiError::AlreadyRedeemed),
+        Ok(Commit::TicketTaken) => {
+            tracing::warn!(code = name, ticket, "gate handed out a committed ticket");
             (Release::Discard, ApiError::TryAgain("please try again"))
         }
-        Ok(Committed::TicketOutOfRange) => (Release::Discard, ApiError::SoldOut),
-        Ok(Committed::UnknownUser) => (Release::Free, ApiError::Unauthorized("the token's user does not exist")),
+        Ok(Commit::TicketOutOfRange) => (Release::Discard, ApiError::SoldOut),
+        Ok(Commit::Refused(e)) => (Release::Free, e),
         Err(e) => (Release::Free, ApiError::from(e)),
     };
-    match state.gate.release(name, user_id, ticket, release, false).await {
+    match state.gate.release(name, holder, ticket, release, false).await {
         Ok(_) if release != Release::Discard => code.hints.clear_sold_out(),
         Ok(_) => {}
         // The claim stays pending; the reconciler releases it after the grace period.
@@ -149,6 +134,84 @@ async fn commit_claim(
         code.hints.count(LocalReject::TryAgain);
     }
     Err(answer)
+}
+
+/// The holder's claim has been pending past the grace period, so no commit
+/// for it can still be running (statements time out sooner). Postgres
+/// decides: a row means it was committed (confirm it; true), none means its
+/// gateway died first (release it; false). The reconciler does the same in bulk.
+async fn settle_abandoned_claim(
+    state: &AppState,
+    code: &CachedCode,
+    holder: &str,
+    ticket: i32,
+) -> Result<bool, ApiError> {
+    let name = code.code.code.as_str();
+    let committed = {
+        let db = state.pg.get().await.map_err(StoreError::from)?;
+        !codes_store::committed_holders(&db, &code.code, &[holder.to_string()]).await?.is_empty()
+    };
+    if committed {
+        state.gate.confirm(name, &[holder]).await?;
+    } else {
+        state.gate.release(name, holder, ticket, Release::Free, true).await?;
+        tracing::info!(code = name, holder, ticket, "abandoned claim released on the holder's retry");
+    }
+    Ok(committed)
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Redeemed {
+    pub code: String,
+    pub amount: i64,
+    pub balance: i64,
+}
+
+/// POST /codes/use: a credit code's credit, for the first N users, once each.
+pub async fn redeem(state: &Arc<AppState>, user_id: i64, name: &CodeName) -> Result<Redeemed, ApiError> {
+    let result = redeem_credit(state, user_id, name).await;
+    record_outcome(name, &result);
+    result
+}
+
+async fn redeem_credit(state: &Arc<AppState>, user_id: i64, name: &CodeName) -> Result<Redeemed, ApiError> {
+    let code = lookup(state, name).await?;
+    if code.code.kind != CodeKind::Credit {
+        return Err(ApiError::NotEligible(format!(
+            "this is a {} code; it is not redeemed here",
+            code.code.kind.as_str()
+        )));
+    }
+    let code_id = code.code.id;
+    let name = code.code.code.clone();
+    through_gate(state, &code, &user_id.to_string(), |ticket| {
+        let name = name.clone();
+        async move {
+            let db = state.pg.get().await?;
+            Ok(match commit::commit(&db, code_id, user_id, ticket).await? {
+                Committed::Credited { amount, balance, .. } => Commit::Done(Redeemed { code: name, amount, balance }),
+                Committed::AlreadyRedeemed => Commit::AlreadyHeld,
+                Committed::TicketTaken => Commit::TicketTaken,
+                Committed::TicketOutOfRange => Commit::TicketOutOfRange,
+                Committed::UnknownUser => Commit::Refused(ApiError::Unauthorized("the token's user does not exist")),
+            })
+        }
+    })
+    .await
+}
+
+pub fn record_outcome<T>(name: &CodeName, result: &Result<T, ApiError>) {
+    let outcome = match result {
+        Ok(_) => "success",
+        Err(e @ (ApiError::SoldOut | ApiError::AlreadyRedeemed | ApiError::NotEligible(_) | ApiError::TryAgain(_))) => {
+            e.code()
+        }
+        Err(ApiError::CodeNotFound) => "code_not_found",
+        Err(_) => "error",
+    };
+    // Unknown codes are whatever a client typed: never a label value.
+    let code = if matches!(result, Err(ApiError::CodeNotFound)) { "unknown".to_string() } else { name.to_string() };
+    metrics::counter!(REDEMPTIONS, "code" => code, "outcome" => outcome).increment(1);
 }
 
 /// Moves the rejection counts this process kept in memory into Redis's stats.

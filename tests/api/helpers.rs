@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use redeem_gateway::auth::Role;
-use redeem_gateway::codes::routes::{create_code, CreateCode};
+use redeem_gateway::codes::admin::{create_code, CreateCode};
 use redeem_gateway::codes::Code;
 use redeem_gateway::config::Config;
 use redeem_gateway::startup::{AppState, Application};
@@ -165,8 +165,12 @@ impl TestApp {
     }
 
     pub async fn create_code(&self, code: &str, amount: i64, limit: i64) -> Code {
-        let input = CreateCode { code: code.into(), amount, limit, starts_at: None, ends_at: None };
-        create_code(&self.state.pg, &self.state.gate, input).await.expect("code created")
+        self.create(CreateCode::credit(code.into(), amount, limit)).await
+    }
+
+    /// Any kind of code.
+    pub async fn create(&self, input: CreateCode) -> Code {
+        create_code(&self.state.pg, &self.state.gate, input, "Asia/Tehran").await.expect("code created")
     }
 
     /// `n` users straight into the database (no password hashing: tests need

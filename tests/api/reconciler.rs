@@ -14,7 +14,7 @@ async fn lost_gate_state_answers_503_then_is_rebuilt_from_postgres() {
     for (_, token) in &users[..3] {
         assert_eq!(app.use_code(token, "REBUILT").await.status, 200);
     }
-    app.state.gate.confirm("REBUILT", &[]).await.unwrap();
+    app.state.gate.confirm::<&str>("REBUILT", &[]).await.unwrap();
     app.wipe_redis().await; // as FLUSHALL would
 
     let res = app.use_code(&users[3].1, "REBUILT").await;
@@ -53,7 +53,7 @@ async fn a_claim_whose_gateway_died_is_released_after_the_grace_period() {
     let (ghost, _) = users.remove(0);
     let (_, token) = users.remove(0);
     // A gateway claims the only slot, then dies before committing.
-    let claim = app.state.gate.claim("ORPHAN", ghost).await.unwrap();
+    let claim = app.state.gate.claim("ORPHAN", &ghost.to_string()).await.unwrap();
     assert!(matches!(claim, redeem_gateway::redemption::gate::Claim::Granted { ticket: 0 }));
     assert_eq!(app.use_code(&token, "ORPHAN").await.status, 410, "the slot is held");
 
@@ -114,7 +114,7 @@ async fn a_user_whose_own_claim_was_abandoned_is_settled_on_retry() {
     let code = app.create_code("RETRY", 10, 1).await;
     let (user, token) = app.create_users(1).await.remove(0);
     // The user's first request reached a gateway that claimed, then died.
-    let claim = app.state.gate.claim("RETRY", user).await.unwrap();
+    let claim = app.state.gate.claim("RETRY", &user.to_string()).await.unwrap();
     assert!(matches!(claim, redeem_gateway::redemption::gate::Claim::Granted { .. }));
 
     // While a commit could still be running, the claim stands.
