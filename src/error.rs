@@ -39,6 +39,10 @@ pub enum ApiError {
     SoldOut,
     #[error("{0}")]
     NotEligible(String),
+    #[error("this coupon use was already cancelled")]
+    AlreadyCancelled,
+    #[error("you have used this code as many times as it allows")]
+    PerUserLimit,
     /// Transient: Redis or Postgres is unavailable, or the code's gate is being
     /// rebuilt. Safe to retry; nothing was taken.
     #[error("{0}")]
@@ -64,6 +68,8 @@ impl ApiError {
             ApiError::AlreadyRedeemed => "already_redeemed",
             ApiError::SoldOut => "sold_out",
             ApiError::NotEligible(_) => "not_eligible",
+            ApiError::AlreadyCancelled => "already_cancelled",
+            ApiError::PerUserLimit => "per_user_limit",
             ApiError::TryAgain(_) => "try_again",
             ApiError::Internal(_) => "internal",
         }
@@ -103,7 +109,11 @@ impl ResponseError for ApiError {
             }
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) | ApiError::CodeNotFound => StatusCode::NOT_FOUND,
-            ApiError::UsernameTaken | ApiError::CodeExists | ApiError::AlreadyRedeemed => StatusCode::CONFLICT,
+            ApiError::UsernameTaken
+            | ApiError::CodeExists
+            | ApiError::AlreadyRedeemed
+            | ApiError::AlreadyCancelled
+            | ApiError::PerUserLimit => StatusCode::CONFLICT,
             ApiError::SoldOut => StatusCode::GONE,
             ApiError::TryAgain(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

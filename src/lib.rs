@@ -14,4 +14,5 @@ pub mod reconciler;
 pub mod redemption;
 pub mod startup;
 pub mod telemetry;
+pub mod vouchers;
 pub mod wallet;

@@ -1,8 +1,12 @@
 //! Password hashing with argon2id (the argon2 crate's defaults: m = 19 MiB,
 //! t = 2, p = 1, OWASP's recommended minimum). Hashing is CPU-bound, so it
-//! runs on the blocking pool, never on an async worker.
+//! runs on the blocking pool, never on an async worker, and at most one hash
+//! per CPU at a time: a login storm queues here instead of starving the
+//! database and the redemption path of CPU.
 
 use std::sync::OnceLock;
+
+use tokio::sync::Semaphore;
 
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -10,7 +14,13 @@ use argon2::Argon2;
 
 use crate::error::ApiError;
 
+fn hashing_slots() -> &'static Semaphore {
+    static SLOTS: OnceLock<Semaphore> = OnceLock::new();
+    SLOTS.get_or_init(|| Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get())))
+}
+
 pub async fn hash(password: String) -> Result<String, ApiError> {
+    let _slot = hashing_slots().acquire().await.map_err(ApiError::internal)?;
     actix_web::rt::task::spawn_blocking(move || hash_blocking(&password)).await.map_err(ApiError::internal)?
 }
 
@@ -25,6 +35,7 @@ fn hash_blocking(password: &str) -> Result<String, ApiError> {
 /// Checks `password` against `stored`; with no stored hash (unknown user) it
 /// checks against a dummy so both answers take the same time.
 pub async fn verify(password: String, stored: Option<String>) -> Result<bool, ApiError> {
+    let _slot = hashing_slots().acquire().await.map_err(ApiError::internal)?;
     actix_web::rt::task::spawn_blocking(move || {
         let known = stored.is_some();
         let hash = stored.unwrap_or_else(|| dummy_hash().to_string());

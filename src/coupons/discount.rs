@@ -97,7 +97,7 @@ impl CouponReward {
 }
 
 /// What the customer would pay with the coupon.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub struct Quote {
     /// True exactly when `reasons` is empty.

@@ -1,9 +1,12 @@
 //! Coupons: the eligibility rules a reward may carry (order, payment method,
 //! user, items, special days, days of the week) and the integer discount
-//! arithmetic. Pure functions only: no database, no HTTP, no Redis.
+//! arithmetic (pure: `rules`, `discount`), and the checkout routes that quote,
+//! redeem and cancel through the gate (`routes`, `store`).
 
 pub mod discount;
+pub mod routes;
 pub mod rules;
+pub mod store;
 
 #[cfg(test)]
 mod proptests;

@@ -28,7 +28,7 @@ pub const MAX_LIST_LEN: usize = 10_000;
 pub const MAX_STR_LEN: usize = 64;
 
 /// The order a coupon is judged against. Amounts are integer Toman.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub struct Order {
     pub number: String,
@@ -37,7 +37,7 @@ pub struct Order {
 }
 
 /// One line of an [`Order`]: `unit_price * quantity` Toman.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub struct OrderLine {
     pub sku: String,
@@ -142,7 +142,7 @@ pub struct Rules {
 
 /// Why a coupon does not apply. Serialized as a stable snake_case code, e.g.
 /// `"not_a_special_day"`; [`Evaluation::reasons`] lists them in this order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
     OrderNotAllowed,

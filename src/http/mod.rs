@@ -50,6 +50,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     crate::wallet::routes::configure(cfg);
     crate::redemption::routes::configure(cfg);
     crate::codes::routes::configure(cfg);
+    crate::vouchers::routes::configure(cfg);
+    crate::coupons::routes::configure(cfg);
     observe::configure(cfg);
     dashboard::configure(cfg);
     openapi::configure(cfg);

@@ -59,20 +59,68 @@ pub async fn commit(db: &impl GenericClient, code_id: i64, user_id: i64, ticket:
 }
 
 fn classify(e: tokio_postgres::Error) -> Result<Committed, StoreError> {
-    let Some(db_error) = e.as_db_error() else {
-        return Err(e.into());
-    };
+    match conflict_of(&e) {
+        Some(Conflict::HolderHasOne) => Ok(Committed::AlreadyRedeemed),
+        Some(Conflict::TicketTaken) => Ok(Committed::TicketTaken),
+        Some(Conflict::TicketOutOfRange) => Ok(Committed::TicketOutOfRange),
+        Some(Conflict::UnknownUser) => Ok(Committed::UnknownUser),
+        _ => Err(e.into()),
+    }
+}
+
+/// The constraint violations that carry meaning for any table holding
+/// tickets (redemptions, vouchers, coupon_redemptions): the constraint names
+/// follow one pattern, see the migrations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conflict {
+    /// `<table>_code_user_key`: the user already holds one.
+    HolderHasOne,
+    /// `<table>_code_ticket_key`: the ticket is used.
+    TicketTaken,
+    /// `<table>_ticket_below_limit`: the ticket is not below the limit.
+    TicketOutOfRange,
+    /// `coupon_redemptions_code_order_key`: the order already used the coupon.
+    OrderTaken,
+    /// `coupon_redemptions_code_user_seq_key`: a concurrent use took the same per-user slot.
+    UserSlotTaken,
+    /// `coupon_redemptions_per_user_limit`: the user has used up their uses.
+    PerUserLimit,
+    /// A foreign key to users: the token's user does not exist.
+    UnknownUser,
+}
+
+pub fn conflict_of(e: &tokio_postgres::Error) -> Option<Conflict> {
+    let db_error = e.as_db_error()?;
     let constraint = db_error.constraint().unwrap_or_default();
     let code = db_error.code();
-    if *code == SqlState::UNIQUE_VIOLATION && constraint == "redemptions_code_user_key" {
-        Ok(Committed::AlreadyRedeemed)
-    } else if *code == SqlState::UNIQUE_VIOLATION && constraint == "redemptions_code_ticket_key" {
-        Ok(Committed::TicketTaken)
-    } else if *code == SqlState::CHECK_VIOLATION && constraint == "redemptions_ticket_below_limit" {
-        Ok(Committed::TicketOutOfRange)
+    if *code == SqlState::UNIQUE_VIOLATION {
+        if constraint == "coupon_redemptions_code_order_key" {
+            Some(Conflict::OrderTaken)
+        } else if constraint == "coupon_redemptions_code_user_seq_key" {
+            Some(Conflict::UserSlotTaken)
+        } else if constraint.ends_with("_code_user_key") {
+            Some(Conflict::HolderHasOne)
+        } else if constraint.ends_with("_code_ticket_key") {
+            Some(Conflict::TicketTaken)
+        } else {
+            None
+        }
+    } else if *code == SqlState::CHECK_VIOLATION {
+        if constraint.ends_with("_ticket_below_limit") {
+            Some(Conflict::TicketOutOfRange)
+        } else if constraint == "coupon_redemptions_per_user_limit" {
+            Some(Conflict::PerUserLimit)
+        } else {
+            None
+        }
     } else if *code == SqlState::FOREIGN_KEY_VIOLATION && db_error.table() != Some("codes") {
-        Ok(Committed::UnknownUser)
+        // Only user_id references anything but codes.
+        if constraint.ends_with("_user_id_fkey") {
+            Some(Conflict::UnknownUser)
+        } else {
+            None
+        }
     } else {
-        Err(e.into())
+        None
     }
 }

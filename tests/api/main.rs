@@ -5,10 +5,13 @@
 
 mod helpers;
 
+mod admin;
 mod auth;
 mod bad_input;
+mod coupons;
 mod openapi;
 mod operations;
 mod reconciler;
 mod redemption;
+mod vouchers;
 mod wallet;

@@ -1,0 +1,5 @@
+//! Voucher campaigns: the first N users who log in during a campaign get a
+//! percentage voucher, once each, through the same gate as credit codes.
+
+pub mod routes;
+pub mod store;

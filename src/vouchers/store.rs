@@ -1,0 +1,89 @@
+//! Vouchers in Postgres.
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::GenericClient;
+use serde::Serialize;
+
+use crate::codes::VoucherReward;
+use crate::db::StoreError;
+use crate::redemption::commit::{conflict_of, Conflict};
+use crate::redemption::service::Commit;
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Voucher {
+    pub id: i64,
+    /// The campaign it came from.
+    pub campaign: String,
+    pub voucher_type: String,
+    pub percent: i32,
+    pub max_amount: Option<i64>,
+    pub issued_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Issues the voucher for `ticket`, in one statement; expiry from the campaign's lifetime.
+pub async fn issue(
+    db: &impl GenericClient,
+    campaign: &str,
+    code_id: i64,
+    user_id: i64,
+    ticket: i32,
+    reward: &VoucherReward,
+) -> Result<Commit<Voucher>, StoreError> {
+    let stmt = db
+        .prepare_cached(
+            "INSERT INTO vouchers (code_id, user_id, ticket, voucher_type, percent, max_amount, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(days => $7))
+             RETURNING id, issued_at, expires_at",
+        )
+        .await?;
+    let percent = reward.percent as i32;
+    let days = reward.valid_days as i32;
+    let result = db
+        .query_one(&stmt, &[&code_id, &user_id, &ticket, &reward.voucher_type, &percent, &reward.max_amount, &days])
+        .await;
+    match result {
+        Ok(row) => Ok(Commit::Done(Voucher {
+            id: row.get(0),
+            campaign: campaign.to_string(),
+            voucher_type: reward.voucher_type.clone(),
+            percent,
+            max_amount: reward.max_amount,
+            issued_at: row.get(1),
+            expires_at: row.get(2),
+        })),
+        Err(e) => match conflict_of(&e) {
+            Some(Conflict::HolderHasOne) => Ok(Commit::AlreadyHeld),
+            Some(Conflict::TicketTaken) => Ok(Commit::TicketTaken),
+            Some(Conflict::TicketOutOfRange) => Ok(Commit::TicketOutOfRange),
+            Some(Conflict::UnknownUser) => {
+                Ok(Commit::Refused(crate::error::ApiError::Unauthorized("the user does not exist")))
+            }
+            _ => Err(e.into()),
+        },
+    }
+}
+
+/// The user's vouchers, newest first.
+pub async fn of_user(db: &impl GenericClient, user_id: i64) -> Result<Vec<Voucher>, StoreError> {
+    let stmt = db
+        .prepare_cached(
+            "SELECT v.id, c.code, v.voucher_type, v.percent, v.max_amount, v.issued_at, v.expires_at
+             FROM vouchers v JOIN codes c ON c.id = v.code_id WHERE v.user_id = $1 ORDER BY v.id DESC LIMIT 500",
+        )
+        .await?;
+    Ok(db
+        .query(&stmt, &[&user_id])
+        .await?
+        .iter()
+        .map(|r| Voucher {
+            id: r.get(0),
+            campaign: r.get(1),
+            voucher_type: r.get(2),
+            percent: r.get(3),
+            max_amount: r.get(4),
+            issued_at: r.get(5),
+            expires_at: r.get(6),
+        })
+        .collect())
+}
