@@ -2,7 +2,8 @@
 --
 -- KEYS[1] meta, KEYS[2] claims, KEYS[3] pending, KEYS[4] free (as in claim.lua)
 -- ARGV[1] holder (see claim.lua)
--- ARGV[2] ticket the caller claimed
+-- ARGV[2] ticket the caller claimed, or '*' for whatever ticket the holder's
+--         pending claim has (after a claim whose reply timed out)
 -- ARGV[3] mode:
 --   'free'    drop the claim and give the ticket back (commit failed)
 --   'keep'    keep the user's claim, give the ticket back (Postgres says the
@@ -18,6 +19,10 @@
 local meta, claims, pending, free = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local user, ticket, mode, only_pending = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 
+if ticket == '*' then
+  ticket = redis.call('HGET', claims, user)
+  if not ticket or only_pending ~= '1' then return 0 end
+end
 if redis.call('HGET', claims, user) ~= ticket then
   return 0
 end

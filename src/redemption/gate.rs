@@ -14,6 +14,13 @@ use crate::error::ApiError;
 #[error("redis: {0}")]
 pub struct GateError(#[from] redis::RedisError);
 
+impl GateError {
+    /// The command may have run; only its reply is missing.
+    pub fn is_timeout(&self) -> bool {
+        self.0.is_timeout()
+    }
+}
+
 impl From<GateError> for ApiError {
     fn from(e: GateError) -> Self {
         tracing::warn!(error = %e, "gate unavailable");
@@ -94,6 +101,7 @@ pub struct Gate {
     claim: Script,
     release: Script,
     install: Script,
+    set_limit: Script,
 }
 
 impl Gate {
@@ -116,6 +124,7 @@ impl Gate {
             claim: Script::new(include_str!("../../lua/claim.lua")),
             release: Script::new(include_str!("../../lua/release.lua")),
             install: Script::new(include_str!("../../lua/install.lua")),
+            set_limit: Script::new(include_str!("../../lua/set_limit.lua")),
         };
         gate.load_scripts().await?;
         Ok(gate)
@@ -125,7 +134,7 @@ impl Gate {
     /// too, e.g. after a Redis restart.)
     async fn load_scripts(&self) -> Result<(), GateError> {
         let mut conn = self.conn.clone();
-        for script in [&self.claim, &self.release, &self.install] {
+        for script in [&self.claim, &self.release, &self.install, &self.set_limit] {
             script.prepare_invoke().load_async(&mut conn).await?;
         }
         Ok(())
@@ -197,6 +206,27 @@ impl Gate {
             .arg(ticket)
             .arg(mode.as_arg())
             .arg(if only_if_pending { "1" } else { "0" })
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(released == 1)
+    }
+
+    /// After a claim whose reply never came (a timeout): drop the holder's
+    /// claim if it is pending, whatever its ticket. Sent on the same connection,
+    /// so Redis runs it after the claim if the claim ran at all.
+    pub async fn release_unanswered_claim(&self, code: &str, holder: &str) -> Result<bool, GateError> {
+        let k = self.keys(code);
+        let mut conn = self.conn.clone();
+        let released: i64 = self
+            .release
+            .key(&k.meta)
+            .key(&k.claims)
+            .key(&k.pending)
+            .key(&k.free)
+            .arg(holder)
+            .arg("*")
+            .arg(Release::Free.as_arg())
+            .arg("1")
             .invoke_async(&mut conn)
             .await?;
         Ok(released == 1)
@@ -342,11 +372,9 @@ impl Gate {
     /// a rebuild reads it from Postgres). Tickets at or above a lowered limit
     /// are never handed out again.
     pub async fn set_limit(&self, code: &str, limit: i32) -> Result<(), GateError> {
-        let script = Script::new(
-            "if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'limit', ARGV[1]) end return 1",
-        );
+        let k = self.keys(code);
         let mut conn = self.conn.clone();
-        script.key(self.keys(code).meta).arg(limit).invoke_async::<i64>(&mut conn).await?;
+        self.set_limit.key(&k.meta).key(&k.claims).key(&k.free).arg(limit).invoke_async::<i64>(&mut conn).await?;
         Ok(())
     }
 

@@ -67,7 +67,23 @@ where
         let started = Instant::now();
         let claim = state.gate.claim(name, holder).await;
         metrics::histogram!(GATE_DURATION).record(started.elapsed().as_secs_f64());
-        return match claim? {
+        let claim = match claim {
+            Ok(claim) => claim,
+            Err(e) => {
+                if e.is_timeout() {
+                    // The claim may have run: give its slot back rather than
+                    // leave it held until the grace period.
+                    match state.gate.release_unanswered_claim(name, holder).await {
+                        Ok(true) => tracing::info!(code = name, holder, "unanswered claim released"),
+                        Ok(false) => {}
+                        Err(e) => tracing::warn!(code = name, error = %e, "unanswered claim left to the reconciler"),
+                    }
+                }
+                code.hints.count(LocalReject::TryAgain);
+                return Err(e.into());
+            }
+        };
+        return match claim {
             Claim::Granted { ticket } => commit_or_release(state, code, holder, ticket, &commit).await,
             Claim::AlreadyClaimed => Err(ApiError::AlreadyRedeemed),
             Claim::Abandoned { ticket } if !settled => {
