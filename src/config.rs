@@ -62,6 +62,47 @@ pub struct Config {
     /// A pending claim older than this with no Postgres row is released.
     pub claim_grace: Duration,
     pub log_format: LogFormat,
+    pub rate_limits: RateLimits,
+    /// Header naming the client address, set by a trusted reverse proxy
+    /// (e.g. `x-forwarded-for`, its last hop is used). None = the socket's peer.
+    pub trusted_proxy_header: Option<String>,
+}
+
+/// At most `burst` requests back to back; the bucket refills fully over `per`
+/// (one request every `per / burst`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit {
+    pub per: Duration,
+    pub burst: u32,
+}
+
+impl Limit {
+    pub fn per_minute(n: u32) -> Self {
+        Limit { per: Duration::from_secs(60), burst: n }
+    }
+
+    pub fn per_hour(n: u32) -> Self {
+        Limit { per: Duration::from_secs(3_600), burst: n }
+    }
+
+    /// The refill step of the bucket: one request's worth of time, in ms (at least 1).
+    pub fn emission_interval_ms(&self) -> u64 {
+        (self.per.as_millis() as u64 / u64::from(self.burst.max(1))).max(1)
+    }
+}
+
+/// The abuse limits, enforced in Redis so they hold across gateways.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimits {
+    pub enabled: bool,
+    /// Login attempts, per client address and per username.
+    pub login: Limit,
+    /// Registrations, per client address.
+    pub register: Limit,
+    /// Code redemption attempts, per user.
+    pub code: Limit,
+    /// Unknown codes tried, per user and per client address.
+    pub failed_code: Limit,
 }
 
 impl std::fmt::Debug for Config {
@@ -74,6 +115,8 @@ impl std::fmt::Debug for Config {
             .field("redis_url", &redact_url(&self.redis_url))
             .field("redis_key_prefix", &self.redis_key_prefix)
             .field("jwt_secret", &"<redacted>")
+            .field("rate_limits", &self.rate_limits)
+            .field("trusted_proxy_header", &self.trusted_proxy_header)
             .finish_non_exhaustive()
     }
 }
@@ -137,6 +180,14 @@ impl Config {
             reconcile_interval: Duration::from_secs(vars.parse("RECONCILE_INTERVAL_SECONDS", 5)?),
             claim_grace: Duration::from_secs(vars.parse("CLAIM_GRACE_SECONDS", 30)?),
             log_format,
+            rate_limits: RateLimits {
+                enabled: vars.parse("RATE_LIMIT_ENABLED", true)?,
+                login: Limit::per_minute(vars.parse("RATE_LOGIN_PER_MINUTE", 10)?),
+                register: Limit::per_hour(vars.parse("RATE_REGISTER_PER_HOUR", 20)?),
+                code: Limit::per_minute(vars.parse("RATE_CODE_PER_MINUTE", 60)?),
+                failed_code: Limit::per_hour(vars.parse("RATE_FAILED_CODE_PER_HOUR", 20)?),
+            },
+            trusted_proxy_header: vars.get("TRUSTED_PROXY_HEADER").map(|h| h.trim().to_ascii_lowercase()),
         };
         config.validate()?;
         Ok(config)
@@ -149,6 +200,15 @@ impl Config {
         }
         if self.jwt_secret.is_empty() {
             return Err(ConfigError::Missing("JWT_SECRET"));
+        }
+        self.validate_rate_limits()?;
+        if let Some(h) = &self.trusted_proxy_header {
+            if actix_web::http::header::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                return Err(ConfigError::Invalid {
+                    name: "TRUSTED_PROXY_HEADER",
+                    reason: format!("{h:?} is not a header name"),
+                });
+            }
         }
         if self.redis_key_prefix.contains(['{', '}']) {
             return Err(ConfigError::Invalid {
@@ -167,6 +227,22 @@ impl Config {
                 name: "CLAIM_GRACE_SECONDS",
                 reason: "must be longer than PG_STATEMENT_TIMEOUT_MS".into(),
             });
+        }
+        Ok(())
+    }
+
+    fn validate_rate_limits(&self) -> Result<(), ConfigError> {
+        let r = &self.rate_limits;
+        for (name, limit) in [
+            ("RATE_LOGIN_PER_MINUTE", r.login),
+            ("RATE_REGISTER_PER_HOUR", r.register),
+            ("RATE_CODE_PER_MINUTE", r.code),
+            ("RATE_FAILED_CODE_PER_HOUR", r.failed_code),
+        ] {
+            // 0 would refuse everyone; RATE_LIMIT_ENABLED=false is the off switch.
+            if limit.burst == 0 {
+                return Err(ConfigError::Invalid { name, reason: "must be at least 1".into() });
+            }
         }
         Ok(())
     }
@@ -230,6 +306,39 @@ mod tests {
         pairs.extend_from_slice(&[("JWT_SECRET", EXAMPLE_JWT_SECRET), ("APP_ENV", "dev"), ("PG_POOL_SIZE", "lots")]);
         let err = Config::from_lookup(lookup(&pairs)).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("PG_POOL_SIZE"), "{err}");
+    }
+
+    fn config_with(extra: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut pairs = BASE.to_vec();
+        pairs.extend_from_slice(&[("JWT_SECRET", EXAMPLE_JWT_SECRET), ("APP_ENV", "dev")]);
+        pairs.extend_from_slice(extra);
+        Config::from_lookup(lookup(&pairs))
+    }
+
+    #[test]
+    fn rate_limits_have_defaults_and_refuse_zero() {
+        let c = config_with(&[]).map(|c| c.rate_limits).ok();
+        let expected = RateLimits {
+            enabled: true,
+            login: Limit::per_minute(10),
+            register: Limit::per_hour(20),
+            code: Limit::per_minute(60),
+            failed_code: Limit::per_hour(20),
+        };
+        assert_eq!(c, Some(expected));
+        assert_eq!(Limit::per_minute(10).emission_interval_ms(), 6_000);
+        let off = config_with(&[("RATE_LIMIT_ENABLED", "false"), ("RATE_CODE_PER_MINUTE", "5")]).ok();
+        assert_eq!(off.map(|c| (c.rate_limits.enabled, c.rate_limits.code.burst)), Some((false, 5)));
+        let err = config_with(&[("RATE_LOGIN_PER_MINUTE", "0")]).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("RATE_LOGIN_PER_MINUTE"), "{err}");
+    }
+
+    #[test]
+    fn the_proxy_header_must_be_a_header_name() {
+        let c = config_with(&[("TRUSTED_PROXY_HEADER", "X-Forwarded-For")]).ok();
+        assert_eq!(c.and_then(|c| c.trusted_proxy_header).as_deref(), Some("x-forwarded-for"));
+        assert!(config_with(&[("TRUSTED_PROXY_HEADER", "not a header")]).is_err());
+        assert_eq!(config_with(&[]).ok().map(|c| c.trusted_proxy_header), Some(None));
     }
 
     #[test]
