@@ -48,7 +48,15 @@ pub struct Config {
     pub redis_timeout: Duration,
     /// Prepended to every Redis key, so several deployments (or tests) share one Redis.
     pub redis_key_prefix: String,
+    /// The current signing key: tokens are issued with it and its `kid`.
     pub jwt_secret: String,
+    /// `kid` of the current key; derived from the secret when not set.
+    pub jwt_kid: Option<String>,
+    /// The key before the last rotation: verifies its own tokens (by `kid`)
+    /// until they expire, never signs. Remove it one token lifetime after rotating.
+    pub jwt_previous_secret: Option<String>,
+    /// `kid` of the previous key, if it had an explicit one.
+    pub jwt_previous_kid: Option<String>,
     pub jwt_ttl: Duration,
     pub jwt_issuer: String,
     pub jwt_audience: String,
@@ -115,6 +123,7 @@ impl std::fmt::Debug for Config {
             .field("redis_url", &redact_url(&self.redis_url))
             .field("redis_key_prefix", &self.redis_key_prefix)
             .field("jwt_secret", &"<redacted>")
+            .field("jwt_previous_secret", &self.jwt_previous_secret.as_ref().map(|_| "<redacted>"))
             .field("rate_limits", &self.rate_limits)
             .field("trusted_proxy_header", &self.trusted_proxy_header)
             .finish_non_exhaustive()
@@ -170,6 +179,9 @@ impl Config {
             redis_timeout: Duration::from_millis(vars.parse("REDIS_TIMEOUT_MS", 1_000)?),
             redis_key_prefix: vars.or("REDIS_KEY_PREFIX", "rg"),
             jwt_secret: vars.required("JWT_SECRET")?,
+            jwt_kid: vars.get("JWT_KID"),
+            jwt_previous_secret: vars.get("JWT_PREVIOUS_SECRET"),
+            jwt_previous_kid: vars.get("JWT_PREVIOUS_KID"),
             jwt_ttl: Duration::from_secs(vars.parse("JWT_TTL_SECONDS", 3_600)?),
             jwt_issuer: vars.or("JWT_ISSUER", "redeem-gateway"),
             jwt_audience: vars.or("JWT_AUDIENCE", "redeem-gateway"),
@@ -200,6 +212,18 @@ impl Config {
         }
         if self.jwt_secret.is_empty() {
             return Err(ConfigError::Missing("JWT_SECRET"));
+        }
+        if let Some(previous) = &self.jwt_previous_secret {
+            let weak = previous == EXAMPLE_JWT_SECRET || previous.len() < MIN_SECRET_LEN;
+            if weak && self.app_env != AppEnv::Dev {
+                return Err(ConfigError::WeakSecret);
+            }
+            if previous == &self.jwt_secret {
+                return Err(ConfigError::Invalid {
+                    name: "JWT_PREVIOUS_SECRET",
+                    reason: "is the same as JWT_SECRET (leave it empty unless rotating)".into(),
+                });
+            }
         }
         self.validate_rate_limits()?;
         if let Some(h) = &self.trusted_proxy_header {
@@ -339,6 +363,19 @@ mod tests {
         assert_eq!(c.and_then(|c| c.trusted_proxy_header).as_deref(), Some("x-forwarded-for"));
         assert!(config_with(&[("TRUSTED_PROXY_HEADER", "not a header")]).is_err());
         assert_eq!(config_with(&[]).ok().map(|c| c.trusted_proxy_header), Some(None));
+    }
+
+    #[test]
+    fn the_previous_jwt_secret_must_differ_and_be_strong_outside_dev() {
+        assert!(config_with(&[("JWT_PREVIOUS_SECRET", EXAMPLE_JWT_SECRET)]).is_err());
+        let strong = "s".repeat(40);
+        let prod = |previous: &str| {
+            let mut pairs = BASE.to_vec();
+            pairs.extend_from_slice(&[("JWT_SECRET", strong.as_str()), ("JWT_PREVIOUS_SECRET", previous)]);
+            Config::from_lookup(lookup(&pairs))
+        };
+        assert!(matches!(prod("short"), Err(ConfigError::WeakSecret)));
+        assert!(prod(&"p".repeat(40)).is_ok());
     }
 
     #[test]
