@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 SERVICES := scripts/services.sh
 
-.PHONY: run test test-e2e services-up services-down services-status migrate create-code token reconcile build lint fmt clean-data
+.PHONY: run test test-e2e services-up services-down services-status migrate create-code token reconcile build lint fmt clean-data fuzz fuzz-smoke
 
 .env:
 	cp .env.example .env
@@ -59,3 +59,11 @@ fmt:
 ## Stop the services and delete their data.
 clean-data: services-down
 	rm -rf .local
+
+## Fuzz every operation with schemathesis (installed into .local/venv on first use).
+fuzz: services-up
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-300} scripts/fuzz.sh
+
+## The same, with a small budget (CI).
+fuzz-smoke: services-up
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-20} scripts/fuzz.sh
