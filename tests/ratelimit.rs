@@ -148,9 +148,8 @@ async fn a_peek_records_nothing_and_a_recorded_failure_counts_past_the_limit() {
 
     // The pattern for unknown codes: peek before the lookup, record after.
     // Three guesses raced past the peek; all three are recorded.
-    for _ in 0..3 {
-        rl.check_with(Bucket::FailedCode, subject, Cost::Record).await.unwrap();
-    }
+    rl.record(&[(Bucket::FailedCode, subject), (Bucket::FailedCode, subject)]).await;
+    rl.check_with(Bucket::FailedCode, subject, Cost::Record).await.unwrap();
     let blocked = rl.check_with(Bucket::FailedCode, subject, Cost::Peek).await.unwrap();
     assert!(!blocked.allowed);
     // 2 per hour = one per 30 min; one over the burst: blocked an hour.

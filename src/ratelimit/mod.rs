@@ -16,6 +16,11 @@ pub use crate::config::{Limit, RateLimits};
 use crate::error::ApiError;
 pub use client_addr::ClientAddr;
 
+/// Requests refused, by bucket (a log line each would flood the logs under attack).
+pub const RATE_LIMITED: &str = "rate_limited_total";
+/// Checks that Redis did not answer (and that were let through).
+pub const RATE_LIMITER_ERRORS: &str = "rate_limiter_errors_total";
+
 /// What is being limited. Each has its own `Limit` from the configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Bucket {
@@ -208,18 +213,26 @@ impl RateLimiter {
                     }
                 }
                 Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, bucket = bucket.name(), "rate limiter unavailable; allowing"),
+                Err(e) => {
+                    metrics::counter!(RATE_LIMITER_ERRORS, "bucket" => bucket.name()).increment(1);
+                    tracing::warn!(error = %e, bucket = bucket.name(), "rate limiter unavailable; allowing");
+                }
             }
         }
         refused.map_or(Ok(()), Decision::into_result)
     }
 
     /// For handlers: records an event that already happened (an unknown
-    /// code) in each bucket. Never fails the request; errors are logged.
+    /// code) in each bucket. Never fails the request; errors are logged. A
+    /// bucket pushed over its limit here refuses the *next* request.
     pub async fn record(&self, events: &[(Bucket, &str)]) {
-        let checks: Vec<(Bucket, &str, Cost)> = events.iter().map(|(b, s)| (*b, *s, Cost::Record)).collect();
-        // The answer of a forced charge is for the *next* request; ignore it here.
-        let _ = self.enforce(&checks).await;
+        let results = join_all(events.iter().map(|(b, s)| self.check_with(*b, s, Cost::Record))).await;
+        for (result, (bucket, _)) in results.into_iter().zip(events) {
+            if let Err(e) = result {
+                metrics::counter!(RATE_LIMITER_ERRORS, "bucket" => bucket.name()).increment(1);
+                tracing::warn!(error = %e, bucket = bucket.name(), "rate limiter unavailable; failure not recorded");
+            }
+        }
     }
 
     /// `prefix:rl:bucket:subject`. A subject that is long or unusual (it
