@@ -21,14 +21,15 @@ impl ClientAddr {
         self.0
     }
 
-    /// The rate-limit subject: an IPv4 address as is, an IPv6 address by its
-    /// /64, since one host is usually handed a whole /64 and can hop inside it.
+    /// The rate-limit subject, `ip:` + an IPv4 address as is, or an IPv6
+    /// address by its /64, since one host is usually handed a whole /64 and
+    /// can hop inside it. (The prefix keeps it apart from user subjects.)
     pub fn subject(&self) -> String {
         match self.0 {
-            IpAddr::V4(v4) => v4.to_string(),
+            IpAddr::V4(v4) => format!("ip:{v4}"),
             IpAddr::V6(v6) => {
                 let s = v6.segments();
-                format!("{}/64", Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+                format!("ip:{}/64", Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
             }
         }
     }
@@ -110,7 +111,7 @@ mod tests {
 
     #[test]
     fn subjects_group_ipv6_by_64_and_unmap_ipv4() {
-        assert_eq!(ClientAddr(ip("2001:db8:1:2:3:4:5:6")).subject(), "2001:db8:1:2::/64");
-        assert_eq!(ClientAddr(resolve(Some(ip("::ffff:1.2.3.4")), &headers(&[]), None)).subject(), "1.2.3.4");
+        assert_eq!(ClientAddr(ip("2001:db8:1:2:3:4:5:6")).subject(), "ip:2001:db8:1:2::/64");
+        assert_eq!(ClientAddr(resolve(Some(ip("::ffff:1.2.3.4")), &headers(&[]), None)).subject(), "ip:1.2.3.4");
     }
 }

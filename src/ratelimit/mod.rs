@@ -243,6 +243,17 @@ impl RateLimiter {
     }
 }
 
+/// The subject for a signed-in user (from the token, never the body).
+pub fn user_subject(user_id: i64) -> String {
+    format!("user:{user_id}")
+}
+
+/// The subject for a username as typed at login, normalised the way
+/// usernames are stored (trimmed, lower-case), so "Sara" and "sara " share it.
+pub fn username_subject(raw: &str) -> String {
+    format!("name:{}", raw.trim().to_ascii_lowercase())
+}
+
 fn key_safe(subject: &str) -> String {
     let plain = subject.len() <= 64
         && !subject.is_empty()
@@ -268,6 +279,17 @@ mod tests {
             assert!(k.starts_with('#') && k.len() == 33, "{odd:?} -> {k}");
         }
         assert_ne!(key_safe("a{b}"), key_safe("a{c}"));
+    }
+
+    #[test]
+    fn subjects_of_different_kinds_never_collide() {
+        // "1.2.3.4" is a valid username too.
+        assert_eq!(username_subject(" Sara "), "name:sara");
+        assert_ne!(
+            username_subject("1.2.3.4"),
+            ClientAddr("1.2.3.4".parse().unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into())).subject()
+        );
+        assert_eq!(user_subject(42), "user:42");
     }
 
     #[test]
