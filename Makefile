@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 SERVICES := scripts/services.sh
 
-.PHONY: run test test-e2e services-up services-down services-status migrate create-code token reconcile build lint fmt clean-data
+.PHONY: run test test-e2e services-up services-down services-status migrate create-code token reconcile build lint fmt clean-data fuzz fuzz-smoke audit
 
 .env:
 	cp .env.example .env
@@ -59,3 +59,17 @@ fmt:
 ## Stop the services and delete their data.
 clean-data: services-down
 	rm -rf .local
+
+## Fuzz every operation with schemathesis (installed into .local/venv on first use).
+fuzz: services-up
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-300} scripts/fuzz.sh
+
+## The same, with a small budget (CI).
+fuzz-smoke: services-up
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-20} scripts/fuzz.sh
+
+## Supply chain, offline: licences, banned and duplicate crates, sources (deny.toml).
+## Advisories need the RustSec database from GitHub: `cargo deny check advisories` where reachable.
+audit:
+	@command -v cargo-deny >/dev/null || { echo "cargo-deny is missing: cargo install cargo-deny --locked"; exit 2; }
+	$(CARGO) deny --offline check licenses bans sources

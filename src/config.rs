@@ -48,7 +48,15 @@ pub struct Config {
     pub redis_timeout: Duration,
     /// Prepended to every Redis key, so several deployments (or tests) share one Redis.
     pub redis_key_prefix: String,
+    /// The current signing key: tokens are issued with it and its `kid`.
     pub jwt_secret: String,
+    /// `kid` of the current key; derived from the secret when not set.
+    pub jwt_kid: Option<String>,
+    /// The key before the last rotation: verifies its own tokens (by `kid`)
+    /// until they expire, never signs. Remove it one token lifetime after rotating.
+    pub jwt_previous_secret: Option<String>,
+    /// `kid` of the previous key, if it had an explicit one.
+    pub jwt_previous_kid: Option<String>,
     pub jwt_ttl: Duration,
     pub jwt_issuer: String,
     pub jwt_audience: String,
@@ -66,6 +74,47 @@ pub struct Config {
     /// A pending claim older than this with no Postgres row is released.
     pub claim_grace: Duration,
     pub log_format: LogFormat,
+    pub rate_limits: RateLimits,
+    /// Header naming the client address, set by a trusted reverse proxy
+    /// (e.g. `x-forwarded-for`, its last hop is used). None = the socket's peer.
+    pub trusted_proxy_header: Option<String>,
+}
+
+/// At most `burst` requests back to back; the bucket refills fully over `per`
+/// (one request every `per / burst`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit {
+    pub per: Duration,
+    pub burst: u32,
+}
+
+impl Limit {
+    pub fn per_minute(n: u32) -> Self {
+        Limit { per: Duration::from_secs(60), burst: n }
+    }
+
+    pub fn per_hour(n: u32) -> Self {
+        Limit { per: Duration::from_secs(3_600), burst: n }
+    }
+
+    /// The refill step of the bucket: one request's worth of time, in ms (at least 1).
+    pub fn emission_interval_ms(&self) -> u64 {
+        (self.per.as_millis() as u64 / u64::from(self.burst.max(1))).max(1)
+    }
+}
+
+/// The abuse limits, enforced in Redis so they hold across gateways.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimits {
+    pub enabled: bool,
+    /// Login attempts, per client address and per username.
+    pub login: Limit,
+    /// Registrations, per client address.
+    pub register: Limit,
+    /// Code redemption attempts, per user.
+    pub code: Limit,
+    /// Unknown codes tried, per user and per client address.
+    pub failed_code: Limit,
 }
 
 impl std::fmt::Debug for Config {
@@ -78,6 +127,9 @@ impl std::fmt::Debug for Config {
             .field("redis_url", &redact_url(&self.redis_url))
             .field("redis_key_prefix", &self.redis_key_prefix)
             .field("jwt_secret", &"<redacted>")
+            .field("jwt_previous_secret", &self.jwt_previous_secret.as_ref().map(|_| "<redacted>"))
+            .field("rate_limits", &self.rate_limits)
+            .field("trusted_proxy_header", &self.trusted_proxy_header)
             .finish_non_exhaustive()
     }
 }
@@ -131,6 +183,9 @@ impl Config {
             redis_timeout: Duration::from_millis(vars.parse("REDIS_TIMEOUT_MS", 1_000)?),
             redis_key_prefix: vars.or("REDIS_KEY_PREFIX", "rg"),
             jwt_secret: vars.required("JWT_SECRET")?,
+            jwt_kid: vars.get("JWT_KID"),
+            jwt_previous_secret: vars.get("JWT_PREVIOUS_SECRET"),
+            jwt_previous_kid: vars.get("JWT_PREVIOUS_KID"),
             jwt_ttl: Duration::from_secs(vars.parse("JWT_TTL_SECONDS", 3_600)?),
             jwt_issuer: vars.or("JWT_ISSUER", "redeem-gateway"),
             jwt_audience: vars.or("JWT_AUDIENCE", "redeem-gateway"),
@@ -143,6 +198,14 @@ impl Config {
             reconcile_interval: Duration::from_secs(vars.parse("RECONCILE_INTERVAL_SECONDS", 5)?),
             claim_grace: Duration::from_secs(vars.parse("CLAIM_GRACE_SECONDS", 30)?),
             log_format,
+            rate_limits: RateLimits {
+                enabled: vars.parse("RATE_LIMIT_ENABLED", true)?,
+                login: Limit::per_minute(vars.parse("RATE_LOGIN_PER_MINUTE", 10)?),
+                register: Limit::per_hour(vars.parse("RATE_REGISTER_PER_HOUR", 20)?),
+                code: Limit::per_minute(vars.parse("RATE_CODE_PER_MINUTE", 60)?),
+                failed_code: Limit::per_hour(vars.parse("RATE_FAILED_CODE_PER_HOUR", 20)?),
+            },
+            trusted_proxy_header: vars.get("TRUSTED_PROXY_HEADER").map(|h| h.trim().to_ascii_lowercase()),
         };
         config.validate()?;
         Ok(config)
@@ -162,6 +225,27 @@ impl Config {
                 reason: format!("{:?} is not an IANA time zone", self.default_time_zone),
             });
         }
+        if let Some(previous) = &self.jwt_previous_secret {
+            let weak = previous == EXAMPLE_JWT_SECRET || previous.len() < MIN_SECRET_LEN;
+            if weak && self.app_env != AppEnv::Dev {
+                return Err(ConfigError::WeakSecret);
+            }
+            if previous == &self.jwt_secret {
+                return Err(ConfigError::Invalid {
+                    name: "JWT_PREVIOUS_SECRET",
+                    reason: "is the same as JWT_SECRET (leave it empty unless rotating)".into(),
+                });
+            }
+        }
+        self.validate_rate_limits()?;
+        if let Some(h) = &self.trusted_proxy_header {
+            if actix_web::http::header::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                return Err(ConfigError::Invalid {
+                    name: "TRUSTED_PROXY_HEADER",
+                    reason: format!("{h:?} is not a header name"),
+                });
+            }
+        }
         if self.redis_key_prefix.contains(['{', '}']) {
             return Err(ConfigError::Invalid {
                 name: "REDIS_KEY_PREFIX",
@@ -179,6 +263,22 @@ impl Config {
                 name: "CLAIM_GRACE_SECONDS",
                 reason: "must be longer than PG_STATEMENT_TIMEOUT_MS".into(),
             });
+        }
+        Ok(())
+    }
+
+    fn validate_rate_limits(&self) -> Result<(), ConfigError> {
+        let r = &self.rate_limits;
+        for (name, limit) in [
+            ("RATE_LOGIN_PER_MINUTE", r.login),
+            ("RATE_REGISTER_PER_HOUR", r.register),
+            ("RATE_CODE_PER_MINUTE", r.code),
+            ("RATE_FAILED_CODE_PER_HOUR", r.failed_code),
+        ] {
+            // 0 would refuse everyone; RATE_LIMIT_ENABLED=false is the off switch.
+            if limit.burst == 0 {
+                return Err(ConfigError::Invalid { name, reason: "must be at least 1".into() });
+            }
         }
         Ok(())
     }
@@ -253,6 +353,52 @@ mod tests {
         pairs.extend_from_slice(&[("JWT_SECRET", EXAMPLE_JWT_SECRET), ("APP_ENV", "dev"), ("PG_POOL_SIZE", "lots")]);
         let err = Config::from_lookup(lookup(&pairs)).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("PG_POOL_SIZE"), "{err}");
+    }
+
+    fn config_with(extra: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut pairs = BASE.to_vec();
+        pairs.extend_from_slice(&[("JWT_SECRET", EXAMPLE_JWT_SECRET), ("APP_ENV", "dev")]);
+        pairs.extend_from_slice(extra);
+        Config::from_lookup(lookup(&pairs))
+    }
+
+    #[test]
+    fn rate_limits_have_defaults_and_refuse_zero() {
+        let c = config_with(&[]).map(|c| c.rate_limits).ok();
+        let expected = RateLimits {
+            enabled: true,
+            login: Limit::per_minute(10),
+            register: Limit::per_hour(20),
+            code: Limit::per_minute(60),
+            failed_code: Limit::per_hour(20),
+        };
+        assert_eq!(c, Some(expected));
+        assert_eq!(Limit::per_minute(10).emission_interval_ms(), 6_000);
+        let off = config_with(&[("RATE_LIMIT_ENABLED", "false"), ("RATE_CODE_PER_MINUTE", "5")]).ok();
+        assert_eq!(off.map(|c| (c.rate_limits.enabled, c.rate_limits.code.burst)), Some((false, 5)));
+        let err = config_with(&[("RATE_LOGIN_PER_MINUTE", "0")]).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("RATE_LOGIN_PER_MINUTE"), "{err}");
+    }
+
+    #[test]
+    fn the_proxy_header_must_be_a_header_name() {
+        let c = config_with(&[("TRUSTED_PROXY_HEADER", "X-Forwarded-For")]).ok();
+        assert_eq!(c.and_then(|c| c.trusted_proxy_header).as_deref(), Some("x-forwarded-for"));
+        assert!(config_with(&[("TRUSTED_PROXY_HEADER", "not a header")]).is_err());
+        assert_eq!(config_with(&[]).ok().map(|c| c.trusted_proxy_header), Some(None));
+    }
+
+    #[test]
+    fn the_previous_jwt_secret_must_differ_and_be_strong_outside_dev() {
+        assert!(config_with(&[("JWT_PREVIOUS_SECRET", EXAMPLE_JWT_SECRET)]).is_err());
+        let strong = "s".repeat(40);
+        let prod = |previous: &str| {
+            let mut pairs = BASE.to_vec();
+            pairs.extend_from_slice(&[("JWT_SECRET", strong.as_str()), ("JWT_PREVIOUS_SECRET", previous)]);
+            Config::from_lookup(lookup(&pairs))
+        };
+        assert!(matches!(prod("short"), Err(ConfigError::WeakSecret)));
+        assert!(prod(&"p".repeat(40)).is_ok());
     }
 
     #[test]

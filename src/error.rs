@@ -47,6 +47,9 @@ pub enum ApiError {
     /// rebuilt. Safe to retry; nothing was taken.
     #[error("{0}")]
     TryAgain(&'static str),
+    /// A rate limit refused the request; nothing was done.
+    #[error("too many requests, retry after {retry_after_secs} s")]
+    TooManyRequests { retry_after_secs: u32 },
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -71,6 +74,7 @@ impl ApiError {
             ApiError::AlreadyCancelled => "already_cancelled",
             ApiError::PerUserLimit => "per_user_limit",
             ApiError::TryAgain(_) => "try_again",
+            ApiError::TooManyRequests { .. } => "rate_limited",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -116,6 +120,7 @@ impl ResponseError for ApiError {
             | ApiError::PerUserLimit => StatusCode::CONFLICT,
             ApiError::SoldOut => StatusCode::GONE,
             ApiError::TryAgain(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -129,11 +134,28 @@ impl ResponseError for ApiError {
             ApiError::TryAgain(_) => {
                 response.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECONDS));
             }
+            ApiError::TooManyRequests { retry_after_secs } => {
+                response.insert_header((header::RETRY_AFTER, *retry_after_secs));
+            }
             ApiError::Unauthorized(_) | ApiError::TokenExpired => {
                 response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
             }
             _ => {}
         }
         response.json(ErrorBody { error: ErrorDetail { code: self.code(), message: self.to_string() } })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rate_limit_answers_429_with_retry_after_and_its_code() {
+        let e = ApiError::TooManyRequests { retry_after_secs: 42 };
+        let res = e.error_response();
+        assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(res.headers().get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()), Some("42"));
+        assert_eq!(e.code(), "rate_limited");
     }
 }

@@ -14,6 +14,7 @@ use actix_web::{web, App, HttpServer};
 use crate::auth::TokenKeys;
 use crate::codes::CodeCache;
 use crate::config::Config;
+use crate::ratelimit::RateLimiter;
 use crate::redemption::{service, Gate};
 use crate::{db, http, reconciler};
 
@@ -23,6 +24,8 @@ pub struct AppState {
     /// For operator and reconciler work; the hot path uses the gate's own connection.
     pub redis: deadpool_redis::Pool,
     pub gate: Gate,
+    /// Abuse limits in Redis (login, registration, code attempts, failed codes).
+    pub limiter: RateLimiter,
     pub tokens: TokenKeys,
     pub codes: CodeCache,
     /// Codes (by id) with an on-demand rebuild in flight in this process.
@@ -39,8 +42,10 @@ impl AppState {
         let pg = db::pg_pool(&config)?;
         let redis = db::redis_pool(&config)?;
         let gate = Gate::connect(&config).await?;
+        let limiter = RateLimiter::connect(&config).await?;
         let state = AppState {
             tokens: TokenKeys::new(&config),
+            limiter,
             codes: CodeCache::new(config.code_cache_ttl),
             pg,
             redis,

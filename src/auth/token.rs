@@ -1,12 +1,19 @@
 //! HS256 JWTs. The algorithm is pinned (a token naming another one is refused,
 //! `alg: none` included), `exp`, `iss` and `aud` are required and checked, and
 //! the role comes only from a token this server signed.
+//!
+//! Key rotation by `kid`: tokens are issued with the current key's `kid` in
+//! the header; verification picks the key by `kid` (the current one, or the
+//! previous one while `JWT_PREVIOUS_SECRET` is set) and refuses unknown kids.
+//! A token without a `kid` (issued before rotation existed) is checked against
+//! the current key only, so it lives out its TTL and nothing more.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::config::Config;
 use crate::error::ApiError;
@@ -35,9 +42,18 @@ pub struct Identity {
     pub role: Role,
 }
 
-pub struct TokenKeys {
-    encoding: EncodingKey,
+/// A key that verifies tokens carrying its `kid`.
+struct VerifyingKey {
+    kid: String,
     decoding: DecodingKey,
+}
+
+pub struct TokenKeys {
+    /// Signs every new token; its `kid` goes in the header.
+    current_kid: String,
+    encoding: EncodingKey,
+    /// The current key first, then the previous one if configured.
+    verifying: Vec<VerifyingKey>,
     validation: Validation,
     ttl: Duration,
     issuer: String,
@@ -52,9 +68,24 @@ impl TokenKeys {
         validation.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
         validation.leeway = config.jwt_leeway_seconds;
         validation.validate_exp = true;
-        TokenKeys {
-            encoding: EncodingKey::from_secret(config.jwt_secret.as_bytes()),
+        let current_kid = config.jwt_kid.clone().unwrap_or_else(|| kid_of(&config.jwt_secret));
+        let mut verifying = vec![VerifyingKey {
+            kid: current_kid.clone(),
             decoding: DecodingKey::from_secret(config.jwt_secret.as_bytes()),
+        }];
+        if let Some(previous) = &config.jwt_previous_secret {
+            let kid = config.jwt_previous_kid.clone().unwrap_or_else(|| kid_of(previous));
+            // Two keys under one kid would make the choice ambiguous; the current one wins.
+            if kid != current_kid {
+                verifying.push(VerifyingKey { kid, decoding: DecodingKey::from_secret(previous.as_bytes()) });
+            } else {
+                tracing::warn!("JWT_PREVIOUS_SECRET has the current key's kid; ignoring it");
+            }
+        }
+        TokenKeys {
+            current_kid,
+            encoding: EncodingKey::from_secret(config.jwt_secret.as_bytes()),
+            verifying,
             validation,
             ttl: config.jwt_ttl,
             issuer: config.jwt_issuer.clone(),
@@ -64,6 +95,22 @@ impl TokenKeys {
 
     pub fn ttl(&self) -> Duration {
         self.ttl
+    }
+
+    /// The `kid` new tokens carry.
+    pub fn current_kid(&self) -> &str {
+        &self.current_kid
+    }
+
+    /// The key for a token's `kid`: exactly that kid, or the current key for
+    /// a token with none. An unknown kid gets no key at all.
+    fn key_for(&self, token: &str) -> Result<&DecodingKey, ApiError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| ApiError::Unauthorized("invalid token"))?;
+        let key = match header.kid.as_deref() {
+            None => self.verifying.first(),
+            Some(kid) => self.verifying.iter().find(|k| k.kid == kid),
+        };
+        key.map(|k| &k.decoding).ok_or(ApiError::Unauthorized("invalid token"))
     }
 
     pub fn issue(&self, user_id: i64, role: Role) -> Result<String, ApiError> {
@@ -76,15 +123,17 @@ impl TokenKeys {
             iat: now,
             exp: now + self.ttl.as_secs(),
         };
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).map_err(ApiError::internal)
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(self.current_kid.clone());
+        jsonwebtoken::encode(&header, &claims, &self.encoding).map_err(ApiError::internal)
     }
 
     pub fn verify(&self, token: &str) -> Result<Identity, ApiError> {
-        let data =
-            jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).map_err(|e| match e.kind() {
-                ErrorKind::ExpiredSignature => ApiError::TokenExpired,
-                _ => ApiError::Unauthorized("invalid token"),
-            })?;
+        let key = self.key_for(token)?;
+        let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation).map_err(|e| match e.kind() {
+            ErrorKind::ExpiredSignature => ApiError::TokenExpired,
+            _ => ApiError::Unauthorized("invalid token"),
+        })?;
         let user_id = data
             .claims
             .sub
@@ -96,6 +145,15 @@ impl TokenKeys {
     }
 }
 
+/// A key's id when none is configured: the first 8 hex digits of
+/// SHA-256("redeem-gateway/jwt-kid:" + secret). Stable across restarts and
+/// gateways, and it reveals nothing usable about a secret of 32+ bytes.
+/// To compute it by hand: `printf 'redeem-gateway/jwt-kid:%s' "$JWT_SECRET" | sha256sum | cut -c1-8`.
+pub fn kid_of(secret: &str) -> String {
+    let digest = Sha256::new().chain_update(b"redeem-gateway/jwt-kid:").chain_update(secret.as_bytes()).finalize();
+    digest.iter().take(4).map(|b| format!("{b:02x}")).collect()
+}
+
 fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
@@ -105,15 +163,91 @@ mod tests {
     use super::*;
     use crate::config::Config;
 
+    const SECRET: &str = "unit-test-secret-0123456789abcdef0123";
+    const OLD_SECRET: &str = "old-unit-test-secret-0123456789abcdef0";
+
     fn keys() -> TokenKeys {
-        let config = Config::from_lookup(|name| match name {
-            "DATABASE_URL" => Some("postgres://h/db".into()),
-            "REDIS_URL" => Some("redis://h/".into()),
-            "JWT_SECRET" => Some("unit-test-secret-0123456789abcdef0123".into()),
-            "JWT_LEEWAY_SECONDS" => Some("0".into()),
-            _ => None,
+        keys_with(&[])
+    }
+
+    fn keys_with(extra: &[(&str, &str)]) -> TokenKeys {
+        let extra: Vec<(String, String)> = extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let config = Config::from_lookup(|name| {
+            if let Some((_, v)) = extra.iter().find(|(k, _)| k == name) {
+                return Some(v.clone());
+            }
+            match name {
+                "DATABASE_URL" => Some("postgres://h/db".into()),
+                "REDIS_URL" => Some("redis://h/".into()),
+                "JWT_SECRET" => Some(SECRET.into()),
+                "JWT_LEEWAY_SECONDS" => Some("0".into()),
+                _ => None,
+            }
         });
         TokenKeys::new(&config.expect("valid test config"))
+    }
+
+    fn good_claims() -> serde_json::Value {
+        let now = unix_now();
+        serde_json::json!({"sub":"7","role":"user","iss":"redeem-gateway","aud":"redeem-gateway","iat":now,"exp":now+60})
+    }
+
+    fn sign_with_kid(kid: Option<&str>, secret: &str) -> String {
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = kid.map(str::to_string);
+        jsonwebtoken::encode(&header, &good_claims(), &EncodingKey::from_secret(secret.as_bytes())).unwrap_or_default()
+    }
+
+    #[test]
+    fn issued_tokens_carry_the_current_kid() {
+        let k = keys();
+        let t = k.issue(1, Role::User).unwrap_or_default();
+        let kid = jsonwebtoken::decode_header(&t).ok().and_then(|h| h.kid);
+        assert_eq!(kid.as_deref(), Some(kid_of(SECRET).as_str()));
+        assert_eq!(kid_of(SECRET).len(), 8);
+        assert_ne!(kid_of(SECRET), kid_of(OLD_SECRET));
+        let explicit = keys_with(&[("JWT_KID", "2026-05")]);
+        assert_eq!(explicit.current_kid(), "2026-05");
+        assert!(explicit.verify(&explicit.issue(1, Role::User).unwrap_or_default()).is_ok());
+    }
+
+    #[test]
+    fn a_previous_key_verifies_its_tokens_only_while_configured() {
+        // Before rotation: the old key is current and issues a token.
+        let before = keys_with(&[("JWT_SECRET", OLD_SECRET)]);
+        let old_token = before.issue(7, Role::User).unwrap_or_default();
+        // Rotated: new current key, the old one kept for verification.
+        let rotated = keys_with(&[("JWT_PREVIOUS_SECRET", OLD_SECRET)]);
+        assert!(rotated.verify(&old_token).is_ok(), "the previous key's token must still verify");
+        let new_token = rotated.issue(8, Role::User).unwrap_or_default();
+        assert!(rotated.verify(&new_token).is_ok());
+        assert!(before.verify(&new_token).is_err(), "the old deployment does not know the new kid");
+        // Previous key removed: its tokens are refused.
+        assert!(keys().verify(&old_token).is_err());
+    }
+
+    #[test]
+    fn an_explicit_previous_kid_is_honoured() {
+        let before = keys_with(&[("JWT_SECRET", OLD_SECRET), ("JWT_KID", "k1")]);
+        let old_token = before.issue(7, Role::User).unwrap_or_default();
+        let rotated = keys_with(&[("JWT_KID", "k2"), ("JWT_PREVIOUS_SECRET", OLD_SECRET), ("JWT_PREVIOUS_KID", "k1")]);
+        assert!(rotated.verify(&old_token).is_ok());
+    }
+
+    #[test]
+    fn unknown_kids_are_refused_even_with_a_valid_signature() {
+        let k = keys_with(&[("JWT_PREVIOUS_SECRET", OLD_SECRET)]);
+        assert!(k.verify(&sign_with_kid(Some(&kid_of(SECRET)), SECRET)).is_ok(), "control");
+        assert!(k.verify(&sign_with_kid(Some("nope"), SECRET)).is_err());
+        // A known kid with the other key's signature is refused too.
+        assert!(k.verify(&sign_with_kid(Some(&kid_of(SECRET)), OLD_SECRET)).is_err());
+    }
+
+    #[test]
+    fn a_token_without_kid_is_checked_against_the_current_key_only() {
+        let k = keys_with(&[("JWT_PREVIOUS_SECRET", OLD_SECRET)]);
+        assert!(k.verify(&sign_with_kid(None, SECRET)).is_ok(), "pre-rotation tokens live out their TTL");
+        assert!(k.verify(&sign_with_kid(None, OLD_SECRET)).is_err(), "never tried against the previous key");
     }
 
     fn sign(claims: serde_json::Value, alg: Algorithm, secret: &[u8]) -> String {
@@ -133,7 +267,7 @@ mod tests {
         let k = keys();
         let now = unix_now();
         let good = serde_json::json!({"sub":"7","role":"user","iss":"redeem-gateway","aud":"redeem-gateway","iat":now,"exp":now+60});
-        let secret = b"unit-test-secret-0123456789abcdef0123";
+        let secret = SECRET.as_bytes();
         let mut cases = vec![
             ("wrong secret", sign(good.clone(), Algorithm::HS256, b"another-secret-0123456789abcdef0123456")),
             ("HS512", sign(good.clone(), Algorithm::HS512, secret)),

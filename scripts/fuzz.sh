@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# Fuzzes the running gateway with schemathesis against its own /openapi.json:
+# every operation, without a token, with a user token and with an admin token.
+# Checks: no 5xx (not_a_server_error) and responses that match the spec
+# (response_schema_conformance).
+#
+# Builds the debug binary, starts it on a free port against a fresh database
+# on the project-local PostgreSQL and a fresh Redis key prefix, creates a code
+# and mints tokens with the CLI, fuzzes, then cleans up. schemathesis lives in
+# a project-local virtualenv (.local/venv, git-ignored), installed from PyPI
+# on first use.
+#
+#   FUZZ_EXAMPLES=20 scripts/fuzz.sh     # test cases per operation and pass (default 20)
+#   FUZZ_SEED=1 ...                      # reproduce a run
+#   FUZZ_RATE_LIMIT_ENABLED=true ...     # fuzz with the rate limits on (off by default, so
+#                                        # the budget reaches the handlers instead of 429s)
+# Exit status: 0 when every pass is clean, 1 when schemathesis found failures.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+EXAMPLES=${FUZZ_EXAMPLES:-20}
+SCHEMATHESIS_VERSION=${SCHEMATHESIS_VERSION:-4.32.5}
+VENV=$ROOT/.local/venv
+PG_PORT=${PG_PORT:-5479}
+REDIS_PORT=${REDIS_PORT:-6479}
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+BIN=$TARGET_DIR/debug/redeem-gateway
+RUN_ID=$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')
+OUT=$ROOT/.local/fuzz/$RUN_ID
+DB=fuzz_$RUN_ID
+PREFIX=f_$RUN_ID
+
+log() { printf '[fuzz] %s\n' "$*" >&2; }
+die() { printf '[fuzz] ERROR: %s\n' "$*" >&2; exit 2; }
+
+ensure_schemathesis() {
+  if [ -x "$VENV/bin/schemathesis" ]; then return; fi
+  log "installing schemathesis $SCHEMATHESIS_VERSION into .local/venv"
+  python3 -m venv "$VENV" || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
+  "$VENV/bin/pip" install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+}
+
+# The flag for examples per operation changed name in schemathesis 4.
+max_examples_flag() {
+  if "$VENV/bin/schemathesis" run --help | grep -q -- '--max-examples'; then
+    echo --max-examples
+  else
+    echo --hypothesis-max-examples
+  fi
+}
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+psql_admin() { psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -v ON_ERROR_STOP=1 -qtAc "$1"; }
+
+GATEWAY_PID=
+cleanup() {
+  if [ -n "$GATEWAY_PID" ]; then kill "$GATEWAY_PID" 2>/dev/null && wait "$GATEWAY_PID" 2>/dev/null || true; fi
+  psql_admin "DROP DATABASE IF EXISTS $DB" >/dev/null 2>&1 || true
+  redis-cli -p "$REDIS_PORT" --scan --pattern "$PREFIX:*" | xargs -r -n 500 redis-cli -p "$REDIS_PORT" del >/dev/null || true
+}
+trap cleanup EXIT
+
+start_gateway() {
+  PORT=$(free_port)
+  export APP_ENV=dev HTTP_ADDR=127.0.0.1:$PORT HTTP_WORKERS=2 LOG_FORMAT=text RUST_LOG=${RUST_LOG:-warn}
+  export DATABASE_URL=postgres://postgres@127.0.0.1:$PG_PORT/$DB REDIS_URL=redis://127.0.0.1:$REDIS_PORT/
+  export REDIS_KEY_PREFIX=$PREFIX JWT_SECRET=$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')
+  export RATE_LIMIT_ENABLED=${FUZZ_RATE_LIMIT_ENABLED:-false}
+  # A previous secret from .env must not outlive this run's random one.
+  export JWT_PREVIOUS_SECRET= JWT_KID= TRUSTED_PROXY_HEADER=
+  psql_admin "CREATE DATABASE $DB" >/dev/null
+  "$BIN" migrate >/dev/null
+  "$BIN" create-code --code FUZZ --amount 1000 --limit 1000000 >/dev/null
+  USER_TOKEN=$("$BIN" token --user fuzz_user 2>/dev/null)
+  ADMIN_TOKEN=$("$BIN" token --user fuzz_admin --admin 2>/dev/null)
+  "$BIN" serve >"$OUT/gateway.log" 2>&1 &
+  GATEWAY_PID=$!
+  for _ in $(seq 1 100); do
+    if curl -fsS "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1; then return; fi
+    kill -0 "$GATEWAY_PID" 2>/dev/null || { tail -20 "$OUT/gateway.log" >&2; die "the gateway exited"; }
+    sleep 0.2
+  done
+  die "the gateway did not become ready on port $PORT"
+}
+
+# run_pass NAME [schemathesis options...]: one schemathesis run; its JUnit
+# report (one test case per operation) and HAR log (every request) go to $OUT/NAME.
+run_pass() {
+  local name=$1
+  shift
+  log "pass '$name': $EXAMPLES examples per operation"
+  local status=0
+  "$VENV/bin/schemathesis" run "http://127.0.0.1:$PORT/openapi.json" \
+    --checks not_a_server_error,response_schema_conformance \
+    "$(max_examples_flag)" "$EXAMPLES" \
+    --request-timeout 10 --workers 2 \
+    ${FUZZ_SEED:+--seed "$FUZZ_SEED"} \
+    --report junit,har --report-dir "$OUT/$name" \
+    "$@" >"$OUT/$name.log" 2>&1 || status=$?
+  tail -n 25 "$OUT/$name.log" >&2
+  summarize "$name" "$status"
+}
+
+TOTAL_REQUESTS=0
+TOTAL_FAILURES=0
+# Prints one line per pass and adds it to the totals.
+summarize() {
+  local name=$1 status=$2 line
+  line=$(python3 - "$OUT/$name" "$status" <<'PY'
+import glob, json, re, sys, xml.etree.ElementTree as ET
+out, status = sys.argv[1], int(sys.argv[2])
+tested = re.search(r"Tested: (\d+)", open(f"{out}.log").read())
+requests = server_errors = 0
+for har in glob.glob(f"{out}/har-*.json"):
+    entries = json.load(open(har))["log"]["entries"]
+    requests += len(entries)
+    server_errors += sum(1 for e in entries if e["response"]["status"] >= 500)
+failures = errors = 0
+for xml in glob.glob(f"{out}/junit-*.xml"):
+    for case in ET.parse(xml).getroot().iter("testcase"):
+        failures += len(case.findall("failure"))
+        errors += len(case.findall("error"))
+operations = tested.group(1) if tested else "?"
+print(f"{operations} {requests} {failures} {errors} {server_errors} {status}")
+PY
+)
+  read -r ops requests failures errors server_errors status <<<"$line"
+  printf '[fuzz] %-6s operations=%s requests=%s failures=%s errors=%s responses_5xx=%s exit=%s\n' \
+    "$name" "$ops" "$requests" "$failures" "$errors" "$server_errors" "$status"
+  TOTAL_REQUESTS=$((TOTAL_REQUESTS + requests))
+  if [ "$status" != 0 ] || [ "$failures" != 0 ] || [ "$errors" != 0 ]; then
+    TOTAL_FAILURES=$((TOTAL_FAILURES + failures + errors + (failures + errors == 0 ? 1 : 0)))
+  fi
+}
+
+main() {
+  mkdir -p "$OUT"
+  ensure_schemathesis
+  "$ROOT/scripts/services.sh" up
+  log "building the gateway"
+  cargo build --quiet --bin redeem-gateway
+  start_gateway
+  log "gateway on port $PORT (log: $OUT/gateway.log)"
+
+  run_pass anon
+  # The admin's live report is a never-ending event stream: a 200 would only
+  # end at the request timeout. Its refusals are fuzzed by the anonymous pass.
+  run_pass admin -H "Authorization: Bearer $ADMIN_TOKEN" --exclude-path '/admin/codes/{code}/events'
+  run_pass user -H "Authorization: Bearer $USER_TOKEN" --include-tag codes --include-tag wallet
+
+  printf '[fuzz] summary: requests tried=%s failures=%s (reports under %s)\n' \
+    "$TOTAL_REQUESTS" "$TOTAL_FAILURES" "${OUT#"$ROOT"/}"
+  [ "$TOTAL_FAILURES" = 0 ]
+}
+
+main "$@"

@@ -1,0 +1,304 @@
+//! Abuse limits kept in Redis, so they hold across every gateway: one GCRA
+//! step per check (`lua/ratelimit.lua`, one key, one round trip), per bucket
+//! and subject (a user id, a username or a client address). Also `ClientAddr`.
+
+pub mod client_addr;
+
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use redis::aio::ConnectionManager;
+use redis::Script;
+use sha2::{Digest, Sha256};
+
+use crate::config::Config;
+pub use crate::config::{Limit, RateLimits};
+use crate::error::ApiError;
+pub use client_addr::ClientAddr;
+
+/// Requests refused, by bucket (a log line each would flood the logs under attack).
+pub const RATE_LIMITED: &str = "rate_limited_total";
+/// Checks that Redis did not answer (and that were let through).
+pub const RATE_LIMITER_ERRORS: &str = "rate_limiter_errors_total";
+
+/// What is being limited. Each has its own `Limit` from the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Bucket {
+    /// Login attempts: per client address and per username.
+    Login,
+    /// Registrations: per client address.
+    Register,
+    /// Code redemption attempts: per user.
+    CodeAttempt,
+    /// Unknown codes tried: per user and per client address.
+    FailedCode,
+}
+
+impl Bucket {
+    fn name(self) -> &'static str {
+        match self {
+            Bucket::Login => "login",
+            Bucket::Register => "register",
+            Bucket::CodeAttempt => "code",
+            Bucket::FailedCode => "failed_code",
+        }
+    }
+
+    pub fn limit(self, limits: &RateLimits) -> Limit {
+        match self {
+            Bucket::Login => limits.login,
+            Bucket::Register => limits.register,
+            Bucket::CodeAttempt => limits.code,
+            Bucket::FailedCode => limits.failed_code,
+        }
+    }
+}
+
+/// How much a check takes from its bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cost {
+    /// Would one more request pass? Records nothing (e.g. "is this user
+    /// blocked from guessing?" before looking the code up).
+    Peek,
+    /// Take `n` requests' worth if it fits; a refusal records nothing.
+    Take(u32),
+    /// Record one event that already happened (e.g. an unknown code was
+    /// tried), even past the limit, so concurrent guesses all count.
+    Record,
+}
+
+impl Cost {
+    /// (cost, force) as lua/ratelimit.lua takes them.
+    fn script_args(self) -> (u32, &'static str) {
+        match self {
+            Cost::Peek => (0, "0"),
+            Cost::Take(n) => (n, "0"),
+            Cost::Record => (1, "1"),
+        }
+    }
+}
+
+/// The answer of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    /// Zero when allowed; else how long until one request fits.
+    pub retry_after: Duration,
+    /// Requests that would still fit right now.
+    pub remaining: u32,
+}
+
+impl Decision {
+    fn unlimited() -> Self {
+        Decision { allowed: true, retry_after: Duration::ZERO, remaining: u32::MAX }
+    }
+
+    /// Whole seconds for `Retry-After`, rounded up, at least 1.
+    pub fn retry_after_secs(&self) -> u32 {
+        let ms = self.retry_after.as_millis().max(1);
+        u32::try_from(ms.div_ceil(1000)).unwrap_or(u32::MAX)
+    }
+
+    /// `Ok` if allowed, else the 429 to answer.
+    pub fn into_result(self) -> Result<(), ApiError> {
+        if self.allowed {
+            Ok(())
+        } else {
+            Err(ApiError::TooManyRequests { retry_after_secs: self.retry_after_secs() })
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("rate limiter: {0}")]
+pub struct RateLimitError(#[from] redis::RedisError);
+
+/// Checks and charges buckets in Redis. Cheap to clone (the connection is
+/// multiplexed), so concurrent checks of one request share one round trip.
+#[derive(Clone)]
+pub struct RateLimiter {
+    conn: ConnectionManager,
+    script: Script,
+    prefix: String,
+    limits: RateLimits,
+}
+
+impl RateLimiter {
+    /// Its own Redis connection (reconnecting), so a flood of limited
+    /// requests does not queue behind the gate's claims; loads the script.
+    pub async fn connect(config: &Config) -> anyhow::Result<Self> {
+        let client = redis::Client::open(config.redis_url.as_str())
+            .map_err(|e| anyhow::anyhow!("REDIS_URL is not valid: {e}"))?;
+        let manager_config = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(Some(config.redis_timeout))
+            .set_connection_timeout(Some(config.redis_timeout))
+            .set_number_of_retries(2);
+        let conn = client
+            .get_connection_manager_with_config(manager_config)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot reach Redis at REDIS_URL: {e}"))?;
+        let limiter = RateLimiter::new(conn, config.rate_limits, &config.redis_key_prefix);
+        limiter.load_script().await?;
+        Ok(limiter)
+    }
+
+    pub fn new(conn: ConnectionManager, limits: RateLimits, prefix: &str) -> Self {
+        RateLimiter {
+            conn,
+            script: Script::new(include_str!("../../lua/ratelimit.lua")),
+            prefix: prefix.to_string(),
+            limits,
+        }
+    }
+
+    /// SCRIPT LOAD, so the first EVALSHA hits (`invoke_async` reloads on NOSCRIPT too).
+    pub async fn load_script(&self) -> Result<(), RateLimitError> {
+        let mut conn = self.conn.clone();
+        self.script.prepare_invoke().load_async(&mut conn).await?;
+        Ok(())
+    }
+
+    pub fn limits(&self) -> &RateLimits {
+        &self.limits
+    }
+
+    /// Takes one request from `bucket` for `subject`.
+    pub async fn check(&self, bucket: Bucket, subject: &str) -> Result<Decision, RateLimitError> {
+        self.check_with(bucket, subject, Cost::Take(1)).await
+    }
+
+    /// One GCRA step with the given cost. Disabled limits answer at once.
+    pub async fn check_with(&self, bucket: Bucket, subject: &str, cost: Cost) -> Result<Decision, RateLimitError> {
+        if !self.limits.enabled {
+            return Ok(Decision::unlimited());
+        }
+        let limit = bucket.limit(&self.limits);
+        let (cost, force) = cost.script_args();
+        let mut conn = self.conn.clone();
+        let (allowed, retry_after_ms, remaining): (i64, i64, i64) = self
+            .script
+            .key(self.key(bucket, subject))
+            .arg(limit.emission_interval_ms())
+            .arg(limit.burst)
+            .arg(cost)
+            .arg(force)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(Decision {
+            allowed: allowed == 1,
+            retry_after: Duration::from_millis(retry_after_ms.max(0) as u64),
+            remaining: u32::try_from(remaining.max(0)).unwrap_or(u32::MAX),
+        })
+    }
+
+    /// For handlers: every check at once (concurrently, so about one round
+    /// trip), `Err(429)` with the longest wait if any refuses. Each check is
+    /// its own step: one refusing does not undo the others' charges.
+    ///
+    /// Fails open: if Redis does not answer, the request goes on (logged).
+    /// The limits guard against abuse; they are not what keeps the money right.
+    pub async fn enforce(&self, checks: &[(Bucket, &str, Cost)]) -> Result<(), ApiError> {
+        let decisions = join_all(checks.iter().map(|(b, s, c)| self.check_with(*b, s, *c))).await;
+        let mut refused: Option<Decision> = None;
+        for (decision, (bucket, _, _)) in decisions.into_iter().zip(checks) {
+            match decision {
+                Ok(d) if !d.allowed => {
+                    tracing::info!(
+                        bucket = bucket.name(),
+                        retry_after_ms = d.retry_after.as_millis() as u64,
+                        "rate limited"
+                    );
+                    if refused.is_none_or(|r| r.retry_after < d.retry_after) {
+                        refused = Some(d);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    metrics::counter!(RATE_LIMITER_ERRORS, "bucket" => bucket.name()).increment(1);
+                    tracing::warn!(error = %e, bucket = bucket.name(), "rate limiter unavailable; allowing");
+                }
+            }
+        }
+        refused.map_or(Ok(()), Decision::into_result)
+    }
+
+    /// For handlers: records an event that already happened (an unknown
+    /// code) in each bucket. Never fails the request; errors are logged. A
+    /// bucket pushed over its limit here refuses the *next* request.
+    pub async fn record(&self, events: &[(Bucket, &str)]) {
+        let results = join_all(events.iter().map(|(b, s)| self.check_with(*b, s, Cost::Record))).await;
+        for (result, (bucket, _)) in results.into_iter().zip(events) {
+            if let Err(e) = result {
+                metrics::counter!(RATE_LIMITER_ERRORS, "bucket" => bucket.name()).increment(1);
+                tracing::warn!(error = %e, bucket = bucket.name(), "rate limiter unavailable; failure not recorded");
+            }
+        }
+    }
+
+    /// `prefix:rl:bucket:subject`. A subject that is long or unusual (it
+    /// may be a raw username from a login body) is replaced by its hash, so
+    /// clients cannot grow keys or inject a Cluster hash tag.
+    fn key(&self, bucket: Bucket, subject: &str) -> String {
+        format!("{}:rl:{}:{}", self.prefix, bucket.name(), key_safe(subject))
+    }
+}
+
+/// The subject for a signed-in user (from the token, never the body).
+pub fn user_subject(user_id: i64) -> String {
+    format!("user:{user_id}")
+}
+
+/// The subject for a username as typed at login, normalised the way
+/// usernames are stored (trimmed, lower-case), so "Sara" and "sara " share it.
+pub fn username_subject(raw: &str) -> String {
+    format!("name:{}", raw.trim().to_ascii_lowercase())
+}
+
+fn key_safe(subject: &str) -> String {
+    let plain = subject.len() <= 64
+        && !subject.is_empty()
+        && subject.bytes().all(|b| b.is_ascii_graphic() && b != b'{' && b != b'}' && b != b'#');
+    if plain {
+        return subject.to_string();
+    }
+    let digest = Sha256::digest(subject.as_bytes());
+    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    format!("#{hex}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ordinary_subjects_stay_readable_and_odd_ones_are_hashed() {
+        assert_eq!(key_safe("42"), "42");
+        assert_eq!(key_safe("2001:db8::/64"), "2001:db8::/64");
+        for odd in ["", "a{b}", "with space", &"x".repeat(65), "#abc"] {
+            let k = key_safe(odd);
+            assert!(k.starts_with('#') && k.len() == 33, "{odd:?} -> {k}");
+        }
+        assert_ne!(key_safe("a{b}"), key_safe("a{c}"));
+    }
+
+    #[test]
+    fn subjects_of_different_kinds_never_collide() {
+        // "1.2.3.4" is a valid username too.
+        assert_eq!(username_subject(" Sara "), "name:sara");
+        assert_ne!(
+            username_subject("1.2.3.4"),
+            ClientAddr("1.2.3.4".parse().unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into())).subject()
+        );
+        assert_eq!(user_subject(42), "user:42");
+    }
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        let d = |ms| Decision { allowed: false, retry_after: Duration::from_millis(ms), remaining: 0 };
+        assert_eq!(d(0).retry_after_secs(), 1);
+        assert_eq!(d(1).retry_after_secs(), 1);
+        assert_eq!(d(1000).retry_after_secs(), 1);
+        assert_eq!(d(1001).retry_after_secs(), 2);
+        assert!(matches!(d(5_500).into_result(), Err(ApiError::TooManyRequests { retry_after_secs: 6 })));
+    }
+}
