@@ -107,14 +107,19 @@ impl Limit {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimits {
     pub enabled: bool,
-    /// Login attempts, per client address and per username.
+    /// Login attempts, per username (password guessing on one account).
     pub login: Limit,
+    /// Login attempts, per client address. Generous: mobile carriers put
+    /// thousands of users behind one address.
+    pub login_address: Limit,
     /// Registrations, per client address.
     pub register: Limit,
     /// Code redemption attempts, per user.
     pub code: Limit,
-    /// Unknown codes tried, per user and per client address.
+    /// Unknown codes tried, per user.
     pub failed_code: Limit,
+    /// Unknown codes tried, per client address (many accounts, one guesser).
+    pub failed_code_address: Limit,
 }
 
 impl std::fmt::Debug for Config {
@@ -201,9 +206,11 @@ impl Config {
             rate_limits: RateLimits {
                 enabled: vars.parse("RATE_LIMIT_ENABLED", true)?,
                 login: Limit::per_minute(vars.parse("RATE_LOGIN_PER_MINUTE", 10)?),
-                register: Limit::per_hour(vars.parse("RATE_REGISTER_PER_HOUR", 20)?),
+                login_address: Limit::per_minute(vars.parse("RATE_LOGIN_PER_ADDRESS_PER_MINUTE", 600)?),
+                register: Limit::per_hour(vars.parse("RATE_REGISTER_PER_HOUR", 600)?),
                 code: Limit::per_minute(vars.parse("RATE_CODE_PER_MINUTE", 60)?),
                 failed_code: Limit::per_hour(vars.parse("RATE_FAILED_CODE_PER_HOUR", 20)?),
+                failed_code_address: Limit::per_hour(vars.parse("RATE_FAILED_CODE_PER_ADDRESS_PER_HOUR", 200)?),
             },
             trusted_proxy_header: vars.get("TRUSTED_PROXY_HEADER").map(|h| h.trim().to_ascii_lowercase()),
         };
@@ -271,9 +278,11 @@ impl Config {
         let r = &self.rate_limits;
         for (name, limit) in [
             ("RATE_LOGIN_PER_MINUTE", r.login),
+            ("RATE_LOGIN_PER_ADDRESS_PER_MINUTE", r.login_address),
             ("RATE_REGISTER_PER_HOUR", r.register),
             ("RATE_CODE_PER_MINUTE", r.code),
             ("RATE_FAILED_CODE_PER_HOUR", r.failed_code),
+            ("RATE_FAILED_CODE_PER_ADDRESS_PER_HOUR", r.failed_code_address),
         ] {
             // 0 would refuse everyone; RATE_LIMIT_ENABLED=false is the off switch.
             if limit.burst == 0 {
@@ -368,9 +377,11 @@ mod tests {
         let expected = RateLimits {
             enabled: true,
             login: Limit::per_minute(10),
-            register: Limit::per_hour(20),
+            login_address: Limit::per_minute(600),
+            register: Limit::per_hour(600),
             code: Limit::per_minute(60),
             failed_code: Limit::per_hour(20),
+            failed_code_address: Limit::per_hour(200),
         };
         assert_eq!(c, Some(expected));
         assert_eq!(Limit::per_minute(10).emission_interval_ms(), 6_000);

@@ -25,7 +25,7 @@ pub struct AppState {
     pub redis: deadpool_redis::Pool,
     pub gate: Gate,
     /// Abuse limits in Redis (login, registration, code attempts, failed codes).
-    pub limiter: RateLimiter,
+    pub limiter: Arc<RateLimiter>,
     pub tokens: TokenKeys,
     pub codes: CodeCache,
     /// Codes (by id) with an on-demand rebuild in flight in this process.
@@ -42,7 +42,7 @@ impl AppState {
         let pg = db::pg_pool(&config)?;
         let redis = db::redis_pool(&config)?;
         let gate = Gate::connect(&config).await?;
-        let limiter = RateLimiter::connect(&config).await?;
+        let limiter = Arc::new(RateLimiter::connect(&config).await?);
         let state = AppState {
             tokens: TokenKeys::new(&config),
             limiter,

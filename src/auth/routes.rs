@@ -9,6 +9,7 @@ use super::{password, store, Role};
 use crate::error::ApiError;
 use crate::error::ErrorBody;
 use crate::http::{route, Json};
+use crate::ratelimit::ClientAddr;
 use crate::startup::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -83,8 +84,14 @@ pub struct RegisterResponse {
     (status = 409, description = "username_taken", body = ErrorBody),
     (status = 400, description = "malformed_json", body = ErrorBody),
     (status = 422, description = "invalid_input", body = ErrorBody),
-    (status = 413, description = "payload_too_large", body = ErrorBody)))]
-pub async fn register(state: web::Data<AppState>, body: Json<RegisterRequest>) -> Result<HttpResponse, ApiError> {
+    (status = 413, description = "payload_too_large", body = ErrorBody),
+    (status = 429, description = "rate_limited (see Retry-After)", body = ErrorBody)))]
+pub async fn register(
+    state: web::Data<AppState>,
+    addr: ClientAddr,
+    body: Json<RegisterRequest>,
+) -> Result<HttpResponse, ApiError> {
+    state.limiter.guard_register(&addr).await?;
     let RegisterRequest { username, password, phone } = body.into_inner();
     let username = Username::parse(&username)?;
     check_password(&password)?;
@@ -115,7 +122,13 @@ pub struct LoginResponse {
 
 /// Checks the credentials and returns the user's id. An unknown user and a
 /// wrong password get the same answer in about the same time.
-pub async fn authenticate(state: &AppState, username: &str, password: String) -> Result<i64, ApiError> {
+pub async fn authenticate(
+    state: &AppState,
+    addr: &ClientAddr,
+    username: &str,
+    password: String,
+) -> Result<i64, ApiError> {
+    state.limiter.guard_login(username, addr).await?;
     // A name that breaks the rules cannot exist; still spend the hashing time.
     let username = Username::parse(username).ok();
     let stored = match &username {
@@ -149,10 +162,15 @@ pub fn issue_login(state: &AppState, user_id: i64) -> Result<LoginResponse, ApiE
     (status = 200, body = LoginResponse),
     (status = 401, description = "invalid_credentials", body = ErrorBody),
     (status = 400, description = "malformed_json", body = ErrorBody),
-    (status = 422, description = "invalid_input", body = ErrorBody)))]
-pub async fn login(state: web::Data<AppState>, body: Json<LoginRequest>) -> Result<HttpResponse, ApiError> {
+    (status = 422, description = "invalid_input", body = ErrorBody),
+    (status = 429, description = "rate_limited (see Retry-After)", body = ErrorBody)))]
+pub async fn login(
+    state: web::Data<AppState>,
+    addr: ClientAddr,
+    body: Json<LoginRequest>,
+) -> Result<HttpResponse, ApiError> {
     let LoginRequest { username, password } = body.into_inner();
-    let user_id = authenticate(&state, &username, password).await?;
+    let user_id = authenticate(&state, &addr, &username, password).await?;
     Ok(HttpResponse::Ok().json(issue_login(&state, user_id)?))
 }
 

@@ -19,6 +19,7 @@ use crate::codes::{CachedCode, CodeKind, CodeName};
 use crate::db::StoreError;
 use crate::error::{ApiError, ErrorBody};
 use crate::http::{route, Json};
+use crate::ratelimit::ClientAddr;
 use crate::redemption::gate::Release;
 use crate::redemption::service::{lookup, record_outcome, through_gate};
 use crate::startup::AppState;
@@ -91,15 +92,20 @@ fn quote_for(state: &AppState, code: &CachedCode, user_id: i64, order: &Order) -
         (status = 404, description = "code_not_found", body = ErrorBody),
         (status = 401, description = "unauthorized / token_expired", body = ErrorBody),
         (status = 400, description = "malformed_json", body = ErrorBody),
-        (status = 422, description = "invalid_input", body = ErrorBody)))]
+        (status = 422, description = "invalid_input", body = ErrorBody),
+    (status = 429, description = "rate_limited (see Retry-After)", body = ErrorBody)))]
 pub async fn quote_route(
     state: web::Data<AppState>,
     user: AuthUser,
+    addr: ClientAddr,
     body: Json<CouponRequest>,
 ) -> Result<HttpResponse, ApiError> {
+    state.limiter.guard_code_attempt(user.user_id, &addr).await?;
     let CouponRequest { code, order } = body.into_inner();
     check_order(&order)?;
-    let code = coupon(&state, &code).await?;
+    let code = coupon(&state, &code).await;
+    state.limiter.settle_code_attempt(user.user_id, &addr, !matches!(code, Err(ApiError::CodeNotFound)));
+    let code = code?;
     Ok(HttpResponse::Ok().json(quote_for(&state, &code, user.user_id, &order)?))
 }
 
@@ -115,16 +121,20 @@ pub async fn quote_route(
         (status = 422, description = "not_eligible (the reasons are in the message) / invalid_input", body = ErrorBody),
         (status = 503, description = "try_again", body = ErrorBody),
         (status = 401, description = "unauthorized / token_expired", body = ErrorBody),
-        (status = 400, description = "malformed_json", body = ErrorBody)))]
+        (status = 400, description = "malformed_json", body = ErrorBody),
+    (status = 429, description = "rate_limited (see Retry-After)", body = ErrorBody)))]
 pub async fn redeem_route(
     state: web::Data<AppState>,
     user: AuthUser,
+    addr: ClientAddr,
     body: Json<CouponRequest>,
 ) -> Result<HttpResponse, ApiError> {
+    state.limiter.guard_code_attempt(user.user_id, &addr).await?;
     let CouponRequest { code, order } = body.into_inner();
     check_order(&order)?;
     let name = CodeName::parse(&code)?;
     let state = state.into_inner();
+    let limiter_state = state.clone();
     // Detached: a client hanging up must not cut the gate path in half.
     let result = actix_web::rt::spawn(async move {
         let result = redeem(&state, user.user_id, &name, order).await;
@@ -132,8 +142,9 @@ pub async fn redeem_route(
         result
     })
     .await
-    .map_err(ApiError::internal)??;
-    Ok(HttpResponse::Ok().json(result))
+    .map_err(ApiError::internal)?;
+    limiter_state.limiter.settle_code_attempt(user.user_id, &addr, !matches!(result, Err(ApiError::CodeNotFound)));
+    Ok(HttpResponse::Ok().json(result?))
 }
 
 async fn redeem(state: &Arc<AppState>, user_id: i64, name: &CodeName, order: Order) -> Result<CouponUse, ApiError> {

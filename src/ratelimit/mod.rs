@@ -24,32 +24,40 @@ pub const RATE_LIMITER_ERRORS: &str = "rate_limiter_errors_total";
 /// What is being limited. Each has its own `Limit` from the configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Bucket {
-    /// Login attempts: per client address and per username.
+    /// Login attempts: per username.
     Login,
+    /// Login attempts: per client address.
+    LoginAddress,
     /// Registrations: per client address.
     Register,
     /// Code redemption attempts: per user.
     CodeAttempt,
-    /// Unknown codes tried: per user and per client address.
+    /// Unknown codes tried: per user.
     FailedCode,
+    /// Unknown codes tried: per client address.
+    FailedCodeAddress,
 }
 
 impl Bucket {
     fn name(self) -> &'static str {
         match self {
             Bucket::Login => "login",
+            Bucket::LoginAddress => "login_address",
             Bucket::Register => "register",
             Bucket::CodeAttempt => "code",
             Bucket::FailedCode => "failed_code",
+            Bucket::FailedCodeAddress => "failed_code_address",
         }
     }
 
     pub fn limit(self, limits: &RateLimits) -> Limit {
         match self {
             Bucket::Login => limits.login,
+            Bucket::LoginAddress => limits.login_address,
             Bucket::Register => limits.register,
             Bucket::CodeAttempt => limits.code,
             Bucket::FailedCode => limits.failed_code,
+            Bucket::FailedCodeAddress => limits.failed_code_address,
         }
     }
 }
@@ -65,15 +73,18 @@ pub enum Cost {
     /// Record one event that already happened (e.g. an unknown code was
     /// tried), even past the limit, so concurrent guesses all count.
     Record,
+    /// Give back one request's worth taken up front that was not owed.
+    Refund,
 }
 
 impl Cost {
     /// (cost, force) as lua/ratelimit.lua takes them.
-    fn script_args(self) -> (u32, &'static str) {
+    fn script_args(self) -> (i64, &'static str) {
         match self {
             Cost::Peek => (0, "0"),
-            Cost::Take(n) => (n, "0"),
+            Cost::Take(n) => (i64::from(n), "0"),
             Cost::Record => (1, "1"),
+            Cost::Refund => (-1, "0"),
         }
     }
 }
@@ -244,6 +255,55 @@ impl RateLimiter {
 }
 
 /// The subject for a signed-in user (from the token, never the body).
+impl RateLimiter {
+    pub fn enabled(&self) -> bool {
+        self.limits.enabled
+    }
+
+    /// Before a code attempt (redeem, coupon): the user's attempt rate, and
+    /// one unit of the guessing budgets (per user and per address), taken up
+    /// front so that concurrent guesses cannot all slip past a check.
+    /// `settle_code_attempt` gives it back when the code exists.
+    pub async fn guard_code_attempt(&self, user_id: i64, addr: &ClientAddr) -> Result<(), ApiError> {
+        let (user, address) = (user_subject(user_id), addr.subject());
+        self.enforce(&[
+            (Bucket::CodeAttempt, &user, Cost::Take(1)),
+            (Bucket::FailedCode, &user, Cost::Take(1)),
+            (Bucket::FailedCodeAddress, &address, Cost::Take(1)),
+        ])
+        .await
+    }
+
+    /// After the lookup: a code that exists gives its guessing unit back (in
+    /// the background: it must not slow the answer).
+    pub fn settle_code_attempt(self: &std::sync::Arc<Self>, user_id: i64, addr: &ClientAddr, code_existed: bool) {
+        if code_existed && self.enabled() {
+            let (limiter, user, address) = (self.clone(), user_subject(user_id), addr.subject());
+            tokio::spawn(async move {
+                limiter.refund(&[(Bucket::FailedCode, &user), (Bucket::FailedCodeAddress, &address)]).await;
+            });
+        }
+    }
+
+    async fn refund(&self, events: &[(Bucket, &str)]) {
+        let results = join_all(events.iter().map(|(b, s)| self.check_with(*b, s, Cost::Refund))).await;
+        if results.iter().any(Result::is_err) {
+            metrics::counter!(RATE_LIMITER_ERRORS).increment(1);
+        }
+    }
+
+    /// Before checking a password: per username and per address.
+    pub async fn guard_login(&self, username: &str, addr: &ClientAddr) -> Result<(), ApiError> {
+        let (name, address) = (username_subject(username), addr.subject());
+        self.enforce(&[(Bucket::Login, &name, Cost::Take(1)), (Bucket::LoginAddress, &address, Cost::Take(1))]).await
+    }
+
+    /// Before hashing a new password: per address.
+    pub async fn guard_register(&self, addr: &ClientAddr) -> Result<(), ApiError> {
+        self.enforce(&[(Bucket::Register, &addr.subject(), Cost::Take(1))]).await
+    }
+}
+
 pub fn user_subject(user_id: i64) -> String {
     format!("user:{user_id}")
 }

@@ -11,6 +11,7 @@ use crate::auth::AuthUser;
 use crate::codes::CodeName;
 use crate::error::{ApiError, ErrorBody};
 use crate::http::{route, Json};
+use crate::ratelimit::ClientAddr;
 use crate::startup::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -36,18 +37,23 @@ pub struct UseCodeRequest {
             headers(("Retry-After" = u32, description = "seconds"))),
         (status = 401, description = "unauthorized / token_expired", body = ErrorBody),
         (status = 400, description = "malformed_json", body = ErrorBody),
-        (status = 413, description = "payload_too_large", body = ErrorBody)))]
+        (status = 413, description = "payload_too_large", body = ErrorBody),
+        (status = 429, description = "rate_limited (see Retry-After)", body = ErrorBody,
+            headers(("Retry-After" = u32, description = "seconds")))))]
 pub async fn use_code(
     state: web::Data<AppState>,
     user: AuthUser,
+    addr: ClientAddr,
     body: Json<UseCodeRequest>,
 ) -> Result<HttpResponse, ApiError> {
+    state.limiter.guard_code_attempt(user.user_id, &addr).await?;
     let name = CodeName::parse(&body.code)?;
     let state = state.into_inner();
+    let worker_state = state.clone();
     // Detached from the request: a client that hangs up mid-way must not
     // cancel us between the claim and its commit or release.
-    let work = async move { service::redeem(&state, user.user_id, &name).await };
-    let redeemed =
-        actix_web::rt::spawn(work.instrument(tracing::Span::current())).await.map_err(ApiError::internal)??;
-    Ok(HttpResponse::Ok().json(redeemed))
+    let work = async move { service::redeem(&worker_state, user.user_id, &name).await };
+    let redeemed = actix_web::rt::spawn(work.instrument(tracing::Span::current())).await.map_err(ApiError::internal)?;
+    state.limiter.settle_code_attempt(user.user_id, &addr, !matches!(redeemed, Err(ApiError::CodeNotFound)));
+    Ok(HttpResponse::Ok().json(redeemed?))
 }

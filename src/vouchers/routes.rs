@@ -14,6 +14,7 @@ use crate::codes::{CodeKind, CodeName};
 use crate::db::StoreError;
 use crate::error::{ApiError, ErrorBody};
 use crate::http::{route, Json};
+use crate::ratelimit::ClientAddr;
 use crate::redemption::service::{lookup, record_outcome, through_gate};
 use crate::startup::AppState;
 
@@ -57,11 +58,16 @@ pub struct CampaignLoginResponse {
     (status = 200, body = CampaignLoginResponse, description = "logged in; `voucher` says whether one was issued and why not"),
     (status = 401, description = "invalid_credentials", body = ErrorBody),
     (status = 400, description = "malformed_json", body = ErrorBody),
-    (status = 422, description = "invalid_input", body = ErrorBody)))]
-pub async fn campaign_login(state: web::Data<AppState>, body: Json<CampaignLogin>) -> Result<HttpResponse, ApiError> {
+    (status = 422, description = "invalid_input", body = ErrorBody),
+    (status = 429, description = "rate_limited (see Retry-After)", body = ErrorBody)))]
+pub async fn campaign_login(
+    state: web::Data<AppState>,
+    addr: ClientAddr,
+    body: Json<CampaignLogin>,
+) -> Result<HttpResponse, ApiError> {
     let CampaignLogin { username, password, campaign } = body.into_inner();
     let campaign = CodeName::parse(&campaign)?;
-    let user_id = authenticate(&state, &username, password).await?;
+    let user_id = authenticate(&state, &addr, &username, password).await?;
     let login = issue_login(&state, user_id)?;
     let state = state.into_inner();
     // Detached: a client hanging up must not cut the gate path in half.

@@ -217,6 +217,7 @@ impl GatewayEnv {
             ("CLAIM_GRACE_SECONDS", "2"),
             ("RECONCILE_INTERVAL_SECONDS", "1"),
             ("CODE_CACHE_TTL_MS", "500"),
+            ("RATE_LIMIT_ENABLED", "false"),
             ("RUST_LOG", "warn,redeem_gateway=info"),
         ]
         .iter()

@@ -1,0 +1,147 @@
+//! Abuse resistance: guessing codes is cut off per user and per address, a
+//! legitimate user elsewhere is untouched, and the limits hold across
+//! gateway instances (they live in Redis).
+
+use redeem_gateway::startup::Application;
+use serde_json::json;
+
+use crate::helpers::{spawn_app_with, TestApp};
+
+const LIMITS_ON: [(&str, &str); 2] = [("RATE_LIMIT_ENABLED", "true"), ("TRUSTED_PROXY_HEADER", "x-forwarded-for")];
+
+/// Tries `codes` unknown codes as `token` from `address` (via the trusted
+/// proxy header: no traffic leaves this machine), `parallel` at a time.
+/// Returns (404s, 429s, other).
+async fn guess(
+    app: &TestApp,
+    base: &str,
+    token: &str,
+    address: &str,
+    codes: usize,
+    parallel: usize,
+) -> (usize, usize, usize) {
+    let (mut not_found, mut limited, mut other) = (0, 0, 0);
+    for chunk in (0..codes).collect::<Vec<_>>().chunks(parallel) {
+        let tasks: Vec<_> = chunk
+            .iter()
+            .map(|i| {
+                let req = app
+                    .client
+                    .post(format!("{base}/codes/use"))
+                    .bearer_auth(token)
+                    .header("x-forwarded-for", address)
+                    .json(&json!({"code": format!("GUESS-{i:06}")}));
+                tokio::spawn(async move {
+                    let res = req.send().await.unwrap();
+                    let retry_after = res.headers().get("retry-after").is_some();
+                    (res.status().as_u16(), retry_after)
+                })
+            })
+            .collect();
+        for t in tasks {
+            match t.await.unwrap() {
+                (404, _) => not_found += 1,
+                (429, true) => limited += 1,
+                _ => other += 1,
+            }
+        }
+    }
+    (not_found, limited, other)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ten_thousand_guesses_from_one_user_are_cut_off_while_others_redeem() {
+    let app = spawn_app_with(&LIMITS_ON).await;
+    app.create_code("REAL", 100, 10).await;
+    let users = app.create_users(2).await;
+    let (attacker, legit) = (&users[0].1, &users[1].1);
+
+    let legit_redeems = {
+        let req = app
+            .client
+            .post(format!("{}/codes/use", app.address))
+            .bearer_auth(legit)
+            .header("x-forwarded-for", "198.51.100.20")
+            .json(&json!({"code": "REAL"}));
+        tokio::spawn(async move { req.send().await.unwrap().status().as_u16() })
+    };
+    let (not_found, limited, other) = guess(&app, &app.address, attacker, "198.51.100.10", 10_000, 100).await;
+    assert!(not_found <= 20, "only the burst of guesses is even looked up: {not_found}");
+    assert_eq!(not_found + limited, 10_000, "every other guess is refused with 429 + Retry-After ({other} other)");
+    assert_eq!(legit_redeems.await.unwrap(), 200, "a legitimate user elsewhere redeems normally");
+    // The attacker, now blocked from guessing, is refused even a real code...
+    let res = app
+        .client
+        .post(format!("{}/codes/use", app.address))
+        .bearer_auth(attacker)
+        .header("x-forwarded-for", "198.51.100.10")
+        .json(&json!({"code": "REAL"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 429);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited");
+    assert_eq!(app.query_i64("SELECT count(*) FROM redemptions", &[]).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn guesses_from_one_address_across_many_accounts_are_cut_off() {
+    let app = spawn_app_with(&LIMITS_ON).await;
+    let users = app.create_users(60).await;
+    let mut not_found = 0;
+    let mut limited = 0;
+    for (_, token) in &users {
+        let (n, l, _) = guess(&app, &app.address, token, "203.0.113.7", 10, 10).await;
+        not_found += n;
+        limited += l;
+    }
+    // 600 guesses, 10 per account (under the per-user limit), one address.
+    assert!(not_found <= 200, "the address's budget: {not_found}");
+    assert!(limited >= 400, "{limited}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_gateway_instances_share_one_limit() {
+    let app = spawn_app_with(&LIMITS_ON).await;
+    let mut config = app.state.config.clone();
+    config.http_addr = "127.0.0.1:0".into();
+    let second = Application::build(config).await.unwrap();
+    let second_address = format!("http://127.0.0.1:{}", second.port());
+    tokio::spawn(second.run_until_stopped());
+
+    let (_, token) = app.create_users(1).await.remove(0);
+    let (a_found, _, _) = guess(&app, &app.address, &token, "192.0.2.1", 40, 1).await;
+    let (b_found, b_limited, _) = guess(&app, &second_address, &token, "192.0.2.1", 40, 1).await;
+    assert!(a_found + b_found <= 20, "one budget across both: {a_found} + {b_found}");
+    assert_eq!(b_limited, 40, "the second gateway knows the first one's count");
+}
+
+#[tokio::test]
+async fn password_guessing_on_one_account_is_cut_off() {
+    let app = spawn_app_with(&LIMITS_ON).await;
+    app.post("/auth/register", json!({"username": "victim", "password": "correct-horse-1"}), None).await;
+    let mut statuses = vec![];
+    for i in 0..15 {
+        let res =
+            app.post("/auth/login", json!({"username": "victim", "password": format!("guess-{i:04}")}), None).await;
+        statuses.push(res.status.as_u16());
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 401).count(), 10);
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 5);
+}
+
+#[tokio::test]
+async fn real_codes_do_not_eat_the_guessing_budget() {
+    let app = spawn_app_with(&LIMITS_ON).await;
+    let (_, token) = app.create_users(1).await.remove(0);
+    for i in 0..30 {
+        app.create_code(&format!("REAL{i}"), 10, 5).await;
+    }
+    for i in 0..30 {
+        let res = app.use_code(&token, &format!("REAL{i}")).await;
+        assert_eq!(res.status, 200, "code {i}: {:?}", res.body);
+        // The refund runs in the background; let it land before the next take.
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
