@@ -9,6 +9,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod http;
+pub mod loadgen;
 pub mod reconciler;
 pub mod redemption;
 pub mod startup;

@@ -1,0 +1,17 @@
+//! The load generator behind `loadgen` (src/bin/loadgen.rs) and the smoke
+//! test: fixtures made fast through the library (`setup`), a fixed pool of
+//! keep-alive connections (`client`, `driver`), exact latency statistics
+//! (`stats`), the scenarios, the invariants checked in Postgres afterwards
+//! (`verify`), the trivial HTTP ceiling server (`ceiling`) and the markdown
+//! report (`report`).
+
+pub mod ceiling;
+pub mod client;
+pub mod driver;
+pub mod report;
+pub mod scenarios;
+pub mod setup;
+pub mod stats;
+pub mod verify;
+
+pub use scenarios::{Bench, Outcome};
