@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 SERVICES := scripts/services.sh
 
-.PHONY: run test services-up services-down services-status migrate create-code token reconcile build lint fmt clean-data
+.PHONY: run test services-up services-down services-status migrate create-code token reconcile build lint fmt clean-data bench bench-smoke
 
 .env:
 	cp .env.example .env
@@ -44,6 +44,14 @@ reconcile: .env services-up build
 test: services-up
 	@$(SERVICES) clean-tests
 	$(CARGO) test --all-targets -- --test-threads=$${TEST_THREADS:-4}
+
+## Benchmark: gateway vs HTTP/Redis/Postgres ceilings; writes bench/results/latest.md.
+bench: services-up
+	scripts/bench.sh
+
+## The load generator's smoke test (tiny burst, invariants checked); also part of `make test`.
+bench-smoke: services-up
+	$(CARGO) test --test loadgen_smoke
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -12,7 +12,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use redeem_gateway::config::Config;
 use redeem_gateway::loadgen::report::{self, Ceilings, Meta};
-use redeem_gateway::loadgen::{ceiling, scenarios, setup, Bench, Outcome};
+use redeem_gateway::loadgen::{ceiling, pgbench, scenarios, setup, Bench, Outcome};
 use redeem_gateway::{db, startup::AppState};
 
 #[derive(Parser)]
@@ -41,6 +41,14 @@ enum Command {
         /// actix workers; default HTTP_WORKERS, where 0 means one per CPU (as the gateway).
         #[arg(long)]
         workers: Option<usize>,
+    },
+    /// Prints the Postgres ceiling's pgbench script (the gateway's COMMIT_SQL).
+    PgbenchScript {
+        #[arg(long)]
+        code_id: i64,
+        /// Id of the first of the consecutive users the transactions use.
+        #[arg(long)]
+        first_user: i64,
     },
 }
 
@@ -115,6 +123,10 @@ async fn run(command: Command) -> anyhow::Result<bool> {
         ceiling::serve(addr, workers.unwrap_or_else(gateway_workers)).await?;
         return Ok(true);
     }
+    if let Command::PgbenchScript { code_id, first_user } = &command {
+        print!("{}", pgbench::script(*code_id, *first_user));
+        return Ok(true);
+    }
     let config = Config::from_env().map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
     db::migrate(&config).await?;
     let state = AppState::connect(config).await?;
@@ -124,7 +136,7 @@ async fn run(command: Command) -> anyhow::Result<bool> {
         Command::Balance(load) => one(&state, &load, Scenario::Balance).await?,
         Command::Mixed(load) => one(&state, &load, Scenario::Mixed).await?,
         Command::All(args) => return all(&state, args).await,
-        Command::CeilingServer { .. } => Vec::new(),
+        Command::CeilingServer { .. } | Command::PgbenchScript { .. } => Vec::new(),
     };
     println!("{}", report::markdown(&meta(&state, "unknown", &[]), &outcomes, &Ceilings::default()));
     Ok(outcomes.iter().all(Outcome::invariants_hold))
