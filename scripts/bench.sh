@@ -155,7 +155,9 @@ main() {
   redis_ceiling
   pg_ceiling
   mkdir -p "$(dirname "$OUT")"
-  log "running the scenarios"
+  local load_before
+  load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+  log "running the scenarios (load average before: $load_before)"
   "$BIN/loadgen" all --gateway "$HTTP_ADDR" --gateway-pid "$GW_PID" --ceiling "127.0.0.1:$CEIL_PORT" \
     --connections "$CONNECTIONS" --users "$USERS" --limit "$LIMIT" --duration "$DURATION" \
     --redis-ceiling "$REDIS_RPS" --pg-ceiling "$PG_TPS" \
@@ -163,6 +165,8 @@ main() {
     --param "redis-benchmark=-c $REDIS_C -n $REDIS_N -r 100000000 EVALSHA claim.lua" \
     --param "pgbench=-M prepared -c $POOL -j 2 -t $PGBENCH_TX (COMMIT_SQL after a nextval for a fresh user/ticket)" \
     --param "load generator=same machine, tokio 2 threads, hyper HTTP/1.1 keep-alive" \
+    --param "gateway RUST_LOG=$RUST_LOG (every 4xx is still logged at WARN by tracing-actix-web)" \
+    --param "load average (1/5/15 min) before the scenarios=$load_before; other processes on the machine compete for the same 2 cores" \
     --out "$OUT"
   log "report: $OUT"
 }
