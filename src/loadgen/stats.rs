@@ -60,12 +60,14 @@ impl Recorder {
     }
 }
 
-/// Nearest-rank percentile of sorted microsecond latencies.
+/// Nearest-rank percentile of sorted microsecond latencies (`p` to 0.1,
+/// in integer per-mille so that 99.9 of 1,000 is rank 999, not 1,000).
 fn percentile(sorted_us: &[u32], p: f64) -> Duration {
     if sorted_us.is_empty() {
         return Duration::ZERO;
     }
-    let rank = ((p / 100.0) * sorted_us.len() as f64).ceil() as usize;
+    let per_mille = (p * 10.0).round() as usize;
+    let rank = (per_mille * sorted_us.len()).div_ceil(1000);
     let index = rank.clamp(1, sorted_us.len()) - 1;
     Duration::from_micros(u64::from(sorted_us[index]))
 }
