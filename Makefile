@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 SERVICES := scripts/services.sh
 
-.PHONY: run test test-e2e services-up services-down services-status migrate create-code token reconcile build lint fmt clean-data fuzz fuzz-smoke audit
+.PHONY: run test test-e2e services-up services-down services-status migrate create-code token reconcile build lint fmt clean-data fuzz fuzz-smoke audit bench bench-smoke
 
 .env:
 	cp .env.example .env
@@ -48,6 +48,14 @@ test: services-up
 ## The live dashboard in headless Chromium (installs Debian's chromium if missing).
 test-e2e: services-up
 	scripts/e2e.sh
+
+## Benchmark: gateway vs HTTP/Redis/Postgres ceilings; writes bench/results/latest.md.
+bench: services-up
+	scripts/bench.sh
+
+## The load generator's smoke test (tiny burst, invariants checked); also part of `make test`.
+bench-smoke: services-up
+	$(CARGO) test --test loadgen_smoke
 
 lint:
 	$(CARGO) fmt --all -- --check

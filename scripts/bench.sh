@@ -1,0 +1,178 @@
+#!/usr/bin/env bash
+# `make bench`: the benchmark, from scratch, in one run. Starts the project's
+# Redis and PostgreSQL, builds the release binaries, starts the gateway and
+# the HTTP ceiling server on free loopback ports against a dedicated database
+# and Redis key prefix (never the dev data), measures the Redis ceiling
+# (redis-benchmark running lua/claim.lua) and the Postgres ceiling (pgbench
+# running the gateway's COMMIT_SQL), runs every loadgen scenario and writes
+# the markdown report to bench/results/latest.md. Exits non-zero if an
+# invariant breaks after a burst.
+#
+# Knobs (environment): BENCH_USERS (20000), BENCH_LIMIT (1000), BENCH_DURATION
+# seconds (10), BENCH_CONNECTIONS (256), PG_POOL_SIZE (32), HTTP_WORKERS (0 =
+# one per CPU), PGBENCH_TX per client (2000), REDIS_BENCH_REQUESTS (200000),
+# REDIS_BENCH_CLIENTS (64), BENCH_OUT (bench/results/latest.md).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+BIN=$CARGO_TARGET_DIR/release
+PG_PORT=${PG_PORT:-5479}
+REDIS_PORT=${REDIS_PORT:-6479}
+BENCH_DB=redeem_gateway_bench
+PREFIX=bench
+USERS=${BENCH_USERS:-20000}
+LIMIT=${BENCH_LIMIT:-1000}
+DURATION=${BENCH_DURATION:-10}
+CONNECTIONS=${BENCH_CONNECTIONS:-256}
+POOL=${PG_POOL_SIZE:-32}
+WORKERS=${HTTP_WORKERS:-0}
+PGBENCH_TX=${PGBENCH_TX:-2000}
+REDIS_N=${REDIS_BENCH_REQUESTS:-200000}
+REDIS_C=${REDIS_BENCH_CLIENTS:-64}
+OUT=${BENCH_OUT:-bench/results/latest.md}
+WORK=$(mktemp -d /tmp/redeem-bench.XXXXXX)
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+die() { printf '[bench] ERROR: %s\n' "$*" >&2; exit 1; }
+psql_bench() { psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -d "$BENCH_DB" -v ON_ERROR_STOP=1 -qtA "$@"; }
+rcli() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@"; }
+
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# A loopback port nobody listens on (bounded search).
+free_port() {
+  local p
+  for p in $(seq "$1" $(( $1 + 500 ))); do
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return; fi
+  done
+  die "no free port from $1"
+}
+
+wait_ready() {
+  local url=$1 _
+  for _ in $(seq 120); do
+    curl -fsS "$url" >/dev/null 2>&1 && return
+    sleep 0.5
+  done
+  die "$url never became ready"
+}
+
+ensure_tools() {
+  command -v pgbench >/dev/null || [ -x "$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)/pgbench" ] \
+    || die "pgbench not found (Debian: apt-get install postgresql-contrib)"
+  command -v redis-benchmark >/dev/null || die "redis-benchmark not found (Debian: apt-get install redis-tools)"
+  command -v curl >/dev/null || die "curl not found"
+}
+
+pgbench_bin() {
+  command -v pgbench || echo "$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)/pgbench"
+}
+
+fresh_database() {
+  log "fresh database $BENCH_DB and Redis prefix $PREFIX"
+  psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "DROP DATABASE IF EXISTS $BENCH_DB WITH (FORCE)" >/dev/null
+  psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "CREATE DATABASE $BENCH_DB" >/dev/null
+  rcli --scan --pattern "$PREFIX:*" | xargs -r -n 500 redis-cli -h 127.0.0.1 -p "$REDIS_PORT" del >/dev/null
+}
+
+start_gateway() {
+  GW_PORT=$(free_port 18080)
+  export APP_ENV=dev LOG_FORMAT=text RUST_LOG=warn
+  # All load comes from one address here, so per-address abuse limits would
+  # refuse it: BENCH_RATE_LIMITS=true measures their cost anyway.
+  export RATE_LIMIT_ENABLED=${BENCH_RATE_LIMITS:-false} RATE_LOGIN_PER_ADDRESS_PER_MINUTE=1000000 \
+    RATE_REGISTER_PER_HOUR=1000000 RATE_FAILED_CODE_PER_ADDRESS_PER_HOUR=1000000 RATE_CODE_PER_MINUTE=1000000
+  export DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/$BENCH_DB"
+  export REDIS_URL="redis://127.0.0.1:$REDIS_PORT/" REDIS_KEY_PREFIX=$PREFIX
+  export JWT_SECRET="bench-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+  export HTTP_ADDR="127.0.0.1:$GW_PORT" HTTP_WORKERS=$WORKERS PG_POOL_SIZE=$POOL
+  "$BIN/redeem-gateway" serve >"$WORK/gateway.log" 2>&1 &
+  GW_PID=$!; PIDS+=("$GW_PID")
+  wait_ready "http://$HTTP_ADDR/readyz"
+  log "gateway pid $GW_PID on $HTTP_ADDR"
+}
+
+start_ceiling() {
+  CEIL_PORT=$(free_port $(( GW_PORT + 1 )))
+  "$BIN/loadgen" ceiling-server --addr "127.0.0.1:$CEIL_PORT" >"$WORK/ceiling.log" 2>&1 &
+  CEIL_PID=$!; PIDS+=("$CEIL_PID")
+  local _
+  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$CEIL_PORT") 2>/dev/null && break; sleep 0.1; done
+  log "ceiling server pid $CEIL_PID on 127.0.0.1:$CEIL_PORT"
+}
+
+# redis-benchmark: EVALSHA of lua/claim.lua on the 5 keys of a code with a huge limit.
+redis_ceiling() {
+  local sha base
+  sha=$(rcli SCRIPT LOAD "$(cat lua/claim.lua)")
+  base="$PREFIX:code:{REDISBENCH}"
+  rcli DEL "$base:meta" "$base:claims" "$base:pending" "$base:free" "$base:stats" >/dev/null
+  rcli HSET "$base:meta" limit 10000000 next 0 >/dev/null
+  log "redis ceiling: $REDIS_N x EVALSHA claim.lua, $REDIS_C clients"
+  redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" -c "$REDIS_C" -n "$REDIS_N" -r 100000000 --csv \
+    EVALSHA "$sha" 5 "$base:meta" "$base:claims" "$base:pending" "$base:free" "$base:stats" __rand_int__ \
+    >"$WORK/redis.csv"
+  REDIS_RPS=$(awk -F'"' 'NR==2 {print $4}' "$WORK/redis.csv")
+  [ -n "$REDIS_RPS" ] || die "could not read redis-benchmark's result: $(cat "$WORK/redis.csv")"
+  rcli DEL "$base:meta" "$base:claims" "$base:pending" "$base:free" "$base:stats" >/dev/null
+  log "redis ceiling: $REDIS_RPS claims/s"
+}
+
+# pgbench: the gateway's commit statement, PG_POOL_SIZE clients, fresh users and tickets.
+pg_ceiling() {
+  local users=$(( POOL * PGBENCH_TX )) code_id first_user
+  log "postgres ceiling: preparing $users users and a code with a huge limit"
+  code_id=$(psql_bench -c "INSERT INTO codes (code, amount, redemption_limit) VALUES ('PGBENCH', 1000, 10000000) RETURNING id" | head -n1)
+  first_user=$(psql_bench -c "WITH u AS (INSERT INTO users (username, password_hash)
+      SELECT 'pgb_' || g, '!' FROM generate_series(1, $users) g RETURNING id) SELECT min(id) || ' ' || max(id) FROM u" | head -n1)
+  read -r first_user last_user <<<"$first_user"
+  [ $(( last_user - first_user + 1 )) = "$users" ] || die "pgbench users are not consecutive ids"
+  psql_bench -c "CREATE SEQUENCE lg_pgbench_n" >/dev/null
+  "$BIN/loadgen" pgbench-script --code-id "$code_id" --first-user "$first_user" >"$WORK/commit.sql"
+  log "postgres ceiling: pgbench -M prepared -c $POOL -j 2 -t $PGBENCH_TX"
+  "$(pgbench_bin)" -h 127.0.0.1 -p "$PG_PORT" -U postgres -n -M prepared -c "$POOL" -j 2 -t "$PGBENCH_TX" \
+    -f "$WORK/commit.sql" "$BENCH_DB" >"$WORK/pgbench.out" 2>&1 || die "pgbench failed: $(tail -n 20 "$WORK/pgbench.out")"
+  PG_TPS=$(awk '/^tps = / {print $3; exit}' "$WORK/pgbench.out")
+  local failed
+  failed=$(awk '/number of failed transactions/ {print $5}' "$WORK/pgbench.out")
+  [ -n "$PG_TPS" ] || die "could not read pgbench's result: $(cat "$WORK/pgbench.out")"
+  [ "${failed:-0}" = 0 ] || die "pgbench had failed transactions: $(cat "$WORK/pgbench.out")"
+  log "postgres ceiling: $PG_TPS commits/s"
+}
+
+main() {
+  ensure_tools
+  scripts/services.sh up
+  log "building release binaries"
+  cargo build --release --bins
+  fresh_database
+  start_gateway
+  start_ceiling
+  redis_ceiling
+  pg_ceiling
+  mkdir -p "$(dirname "$OUT")"
+  local load_before
+  load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+  log "running the scenarios (load average before: $load_before)"
+  "$BIN/loadgen" all --gateway "$HTTP_ADDR" --gateway-pid "$GW_PID" --ceiling "127.0.0.1:$CEIL_PORT" \
+    --connections "$CONNECTIONS" --users "$USERS" --limit "$LIMIT" --duration "$DURATION" \
+    --redis-ceiling "$REDIS_RPS" --pg-ceiling "$PG_TPS" \
+    --commit "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src lua migrations || echo '+dirty')" \
+    --param "redis-benchmark=-c $REDIS_C -n $REDIS_N -r 100000000 EVALSHA claim.lua" \
+    --param "pgbench=-M prepared -c $POOL -j 2 -t $PGBENCH_TX (COMMIT_SQL after a nextval for a fresh user/ticket)" \
+    --param "load generator=same machine, tokio 2 threads, hyper HTTP/1.1 keep-alive" \
+    --param "gateway RUST_LOG=$RUST_LOG (4xx answers are not logged)" \
+    --param "load average (1/5/15 min) before the scenarios=$load_before; other processes on the machine compete for the same 2 cores" \
+    --out "$OUT"
+  log "report: $OUT"
+}
+
+main "$@"
