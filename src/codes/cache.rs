@@ -1,14 +1,15 @@
 //! The in-process code cache the redemption path reads instead of Postgres.
 //!
-//! Entries live for `CODE_CACHE_TTL_MS`; unknown codes are cached too (so a
-//! flood of one bad code costs one query), in a bounded map. Each code also
+//! Entries are fresh for `CODE_CACHE_TTL_MS`, then served stale while one
+//! background task refreshes them; unknown codes are cached too (so a flood
+//! of one bad code costs one query), in a bounded map. Each code also
 //! carries `GateHints`: "sold out as of a moment ago" (refuse without asking
 //! Redis) and rejection counts not yet flushed to Redis. Hints survive a
 //! refresh of the entry.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
@@ -106,57 +107,122 @@ struct Entry {
     loaded_at: Instant,
 }
 
-pub struct CodeCache {
+enum Lookup {
+    Fresh(Option<Arc<CachedCode>>),
+    Stale(Option<Arc<CachedCode>>),
+    Missing,
+}
+
+struct Inner {
     ttl: Duration,
     entries: RwLock<HashMap<String, Entry>>,
-    /// One load at a time: a burst on a cold code costs one query, not thousands.
-    loading: tokio::sync::Mutex<()>,
+    /// Cold loads, one per code at a time: a burst on a cold code costs one
+    /// query, and a slow load of one code does not hold up the others.
+    loads: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Codes whose stale entry is being refreshed in the background.
+    refreshing: Mutex<HashSet<String>>,
+}
+
+#[derive(Clone)]
+pub struct CodeCache {
+    inner: Arc<Inner>,
 }
 
 impl CodeCache {
     pub fn new(ttl: Duration) -> Self {
-        CodeCache { ttl, entries: RwLock::new(HashMap::new()), loading: tokio::sync::Mutex::new(()) }
+        CodeCache {
+            inner: Arc::new(Inner {
+                ttl,
+                entries: RwLock::new(HashMap::new()),
+                loads: Mutex::new(HashMap::new()),
+                refreshing: Mutex::new(HashSet::new()),
+            }),
+        }
     }
 
-    /// The code named `name` (already normalised), or `None` if it does not exist.
+    /// The code named `name` (already normalised), or `None` if it does not
+    /// exist. A stale entry is served at once while one background task
+    /// refreshes it (and stays served if Postgres cannot be reached): only a
+    /// code never seen waits for the database.
     pub async fn get(&self, pg: &Pool, name: &str) -> Result<Option<Arc<CachedCode>>, StoreError> {
-        if let Some(hit) = self.fresh(name) {
-            return Ok(hit);
+        match self.lookup(name) {
+            Lookup::Fresh(hit) => return Ok(hit),
+            Lookup::Stale(hit) => {
+                self.refresh_in_background(pg, name);
+                return Ok(hit);
+            }
+            Lookup::Missing => {}
         }
-        let _guard = self.loading.lock().await;
-        if let Some(hit) = self.fresh(name) {
-            return Ok(hit);
+        let lock = self.load_lock(name);
+        let _guard = lock.lock().await;
+        if let Lookup::Fresh(hit) | Lookup::Stale(hit) = self.lookup(name) {
+            return Ok(hit); // loaded by the request we waited for
         }
-        let db = pg.get().await?;
-        let loaded = store::find_by_name(&db, name).await?;
-        Ok(self.put(name, loaded))
+        let loaded = load(pg, name).await;
+        self.drop_load_lock(name);
+        Ok(self.put(name, loaded?))
+    }
+
+    fn refresh_in_background(&self, pg: &Pool, name: &str) {
+        let started = self.inner.refreshing.lock().map(|mut set| set.insert(name.to_string())).unwrap_or(false);
+        if !started {
+            return;
+        }
+        let (cache, pg, name) = (self.clone(), pg.clone(), name.to_string());
+        tokio::spawn(async move {
+            match load(&pg, &name).await {
+                Ok(loaded) => {
+                    cache.put(&name, loaded);
+                }
+                Err(e) => tracing::debug!(code = %name, error = %e, "code refresh failed; serving the cached one"),
+            }
+            if let Ok(mut set) = cache.inner.refreshing.lock() {
+                set.remove(&name);
+            }
+        });
+    }
+
+    fn load_lock(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        match self.inner.loads.lock() {
+            Ok(mut loads) => loads.entry(name.to_string()).or_default().clone(),
+            Err(_) => Arc::default(),
+        }
+    }
+
+    fn drop_load_lock(&self, name: &str) {
+        if let Ok(mut loads) = self.inner.loads.lock() {
+            loads.remove(name);
+        }
     }
 
     /// Drops the entry so the next read loads it (after an admin change).
     pub fn invalidate(&self, name: &str) {
-        if let Ok(mut map) = self.entries.write() {
+        if let Ok(mut map) = self.inner.entries.write() {
             map.remove(name);
         }
     }
 
     /// Every cached code (for flushing hints).
     pub fn known(&self) -> Vec<Arc<CachedCode>> {
-        self.entries.read().map(|m| m.values().filter_map(|e| e.code.clone()).collect()).unwrap_or_default()
+        self.inner.entries.read().map(|m| m.values().filter_map(|e| e.code.clone()).collect()).unwrap_or_default()
     }
 
     pub fn hints_of(&self, name: &str) -> Option<Arc<GateHints>> {
-        let map = self.entries.read().ok()?;
+        let map = self.inner.entries.read().ok()?;
         map.get(name).and_then(|e| e.code.as_ref()).map(|c| c.hints.clone())
     }
 
-    fn fresh(&self, name: &str) -> Option<Option<Arc<CachedCode>>> {
-        let map = self.entries.read().ok()?;
-        let entry = map.get(name)?;
-        (entry.loaded_at.elapsed() < self.ttl).then(|| entry.code.clone())
+    fn lookup(&self, name: &str) -> Lookup {
+        let Ok(map) = self.inner.entries.read() else { return Lookup::Missing };
+        match map.get(name) {
+            Some(e) if e.loaded_at.elapsed() < self.inner.ttl => Lookup::Fresh(e.code.clone()),
+            Some(e) => Lookup::Stale(e.code.clone()),
+            None => Lookup::Missing,
+        }
     }
 
     fn put(&self, name: &str, loaded: Option<Code>) -> Option<Arc<CachedCode>> {
-        let Ok(mut map) = self.entries.write() else {
+        let Ok(mut map) = self.inner.entries.write() else {
             return loaded.map(|code| Arc::new(CachedCode { code, hints: Arc::new(GateHints::new()) }));
         };
         let hints = map
@@ -171,6 +237,11 @@ impl CodeCache {
         map.insert(name.to_string(), Entry { code: code.clone(), loaded_at: Instant::now() });
         code
     }
+}
+
+async fn load(pg: &Pool, name: &str) -> Result<Option<Code>, StoreError> {
+    let db = pg.get().await?;
+    store::find_by_name(&db, name).await
 }
 
 #[cfg(test)]
