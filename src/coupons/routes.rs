@@ -104,7 +104,7 @@ pub async fn quote_route(
     let CouponRequest { code, order } = body.into_inner();
     check_order(&order)?;
     let code = coupon(&state, &code).await;
-    state.limiter.settle_code_attempt(user.user_id, &addr, !matches!(code, Err(ApiError::CodeNotFound)));
+    state.limiter.settle_code_attempt(user.user_id, &addr, !matches!(code, Err(ApiError::CodeNotFound))).await;
     let code = code?;
     Ok(HttpResponse::Ok().json(quote_for(&state, &code, user.user_id, &order)?))
 }
@@ -143,7 +143,10 @@ pub async fn redeem_route(
     })
     .await
     .map_err(ApiError::internal)?;
-    limiter_state.limiter.settle_code_attempt(user.user_id, &addr, !matches!(result, Err(ApiError::CodeNotFound)));
+    limiter_state
+        .limiter
+        .settle_code_attempt(user.user_id, &addr, !matches!(result, Err(ApiError::CodeNotFound)))
+        .await;
     Ok(HttpResponse::Ok().json(result?))
 }
 

@@ -261,27 +261,35 @@ impl RateLimiter {
     }
 
     /// Before a code attempt (redeem, coupon): the user's attempt rate, and
-    /// one unit of the guessing budgets (per user and per address), taken up
-    /// front so that concurrent guesses cannot all slip past a check.
-    /// `settle_code_attempt` gives it back when the code exists.
+    /// one unit of the user's guessing budget, taken up front so that one
+    /// user's concurrent guesses cannot all slip past a check
+    /// (`settle_code_attempt` gives it back when the code exists). The
+    /// address's budget is only peeked here and charged for unknown codes:
+    /// taken up front, a spike of real users behind one carrier address
+    /// would trip it (each account's own budget still bounds its guesses).
     pub async fn guard_code_attempt(&self, user_id: i64, addr: &ClientAddr) -> Result<(), ApiError> {
         let (user, address) = (user_subject(user_id), addr.subject());
         self.enforce(&[
             (Bucket::CodeAttempt, &user, Cost::Take(1)),
             (Bucket::FailedCode, &user, Cost::Take(1)),
-            (Bucket::FailedCodeAddress, &address, Cost::Take(1)),
+            (Bucket::FailedCodeAddress, &address, Cost::Peek),
         ])
         .await
     }
 
-    /// After the lookup: a code that exists gives its guessing unit back (in
-    /// the background: it must not slow the answer).
-    pub fn settle_code_attempt(self: &std::sync::Arc<Self>, user_id: i64, addr: &ClientAddr, code_existed: bool) {
-        if code_existed && self.enabled() {
-            let (limiter, user, address) = (self.clone(), user_subject(user_id), addr.subject());
-            tokio::spawn(async move {
-                limiter.refund(&[(Bucket::FailedCode, &user), (Bucket::FailedCodeAddress, &address)]).await;
-            });
+    /// After the lookup: a code that exists gives the user's guessing unit
+    /// back (in the background: a real redemption must not wait for it); an
+    /// unknown one is charged to the address before answering, so the next
+    /// guess sees it.
+    pub async fn settle_code_attempt(self: &std::sync::Arc<Self>, user_id: i64, addr: &ClientAddr, code_existed: bool) {
+        if !self.enabled() {
+            return;
+        }
+        if code_existed {
+            let (limiter, user) = (self.clone(), user_subject(user_id));
+            tokio::spawn(async move { limiter.refund(&[(Bucket::FailedCode, &user)]).await });
+        } else {
+            self.record(&[(Bucket::FailedCodeAddress, &addr.subject())]).await;
         }
     }
 

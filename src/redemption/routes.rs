@@ -54,6 +54,6 @@ pub async fn use_code(
     // cancel us between the claim and its commit or release.
     let work = async move { service::redeem(&worker_state, user.user_id, &name).await };
     let redeemed = actix_web::rt::spawn(work.instrument(tracing::Span::current())).await.map_err(ApiError::internal)?;
-    state.limiter.settle_code_attempt(user.user_id, &addr, !matches!(redeemed, Err(ApiError::CodeNotFound)));
+    state.limiter.settle_code_attempt(user.user_id, &addr, !matches!(redeemed, Err(ApiError::CodeNotFound))).await;
     Ok(HttpResponse::Ok().json(redeemed?))
 }

@@ -97,7 +97,9 @@ async fn guesses_from_one_address_across_many_accounts_are_cut_off() {
         limited += l;
     }
     // 600 guesses, 10 per account (under the per-user limit), one address.
-    assert!(not_found <= 200, "the address's budget: {not_found}");
+    // The address's budget is checked before and charged after each lookup,
+    // so guesses in flight together (10 here) can overshoot it by that much.
+    assert!(not_found <= 200 + 10, "the address's budget: {not_found}");
     assert!(limited >= 400, "{limited}");
 }
 
@@ -144,4 +146,18 @@ async fn real_codes_do_not_eat_the_guessing_budget() {
         // The refund runs in the background; let it land before the next take.
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_spike_of_real_users_behind_one_carrier_address_is_not_refused() {
+    let app = spawn_app_with(&LIMITS_ON).await;
+    app.create_code("NAT", 10, 150).await;
+    let tokens: Vec<String> = app.create_users(400).await.into_iter().map(|(_, t)| t).collect();
+    // All from 127.0.0.1 (no proxy header): 400 concurrent real attempts.
+    let responses = app.burst(&tokens, "NAT").await;
+    let statuses: std::collections::BTreeMap<u16, usize> = responses.iter().fold(Default::default(), |mut m, r| {
+        *m.entry(r.status.as_u16()).or_default() += 1;
+        m
+    });
+    assert_eq!(statuses, [(200, 150), (410, 250)].into_iter().collect(), "no 429 for real codes");
 }
