@@ -118,7 +118,7 @@ redis_ceiling() {
   rcli HSET "$base:meta" limit 10000000 next 0 >/dev/null
   log "redis ceiling: $REDIS_N x EVALSHA claim.lua, $REDIS_C clients"
   redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" -c "$REDIS_C" -n "$REDIS_N" -r 100000000 --csv \
-    EVALSHA "$sha" 5 "$base:meta" "$base:claims" "$base:pending" "$base:free" "$base:stats" __rand_int__ \
+    EVALSHA "$sha" 5 "$base:meta" "$base:claims" "$base:pending" "$base:free" "$base:stats" __rand_int__ 30000 \
     >"$WORK/redis.csv"
   REDIS_RPS=$(awk -F'"' 'NR==2 {print $4}' "$WORK/redis.csv")
   [ -n "$REDIS_RPS" ] || die "could not read redis-benchmark's result: $(cat "$WORK/redis.csv")"
