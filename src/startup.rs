@@ -32,6 +32,8 @@ pub struct AppState {
     pub rebuilding: Mutex<HashSet<i64>>,
     /// A reconciler run is in progress in this process.
     pub reconciling: AtomicBool,
+    /// Users whose tokens are refused (see auth::disabled).
+    pub disabled_users: crate::auth::disabled::DisabledUsers,
     /// Held while local rejection counts are moved to Redis.
     pub flushing: tokio::sync::Mutex<()>,
 }
@@ -53,6 +55,7 @@ impl AppState {
             rebuilding: Mutex::new(HashSet::new()),
             reconciling: AtomicBool::new(false),
             flushing: tokio::sync::Mutex::new(()),
+            disabled_users: Default::default(),
             config,
         };
         state.ping_postgres().await.map_err(|e| anyhow::anyhow!("cannot reach Postgres at DATABASE_URL: {e}"))?;
@@ -85,6 +88,7 @@ impl Application {
         reconciler::run_guarded(&state).await;
         let scheduler = reconciler::schedule(state.clone()).await?;
         spawn_rejection_flusher(state.clone());
+        spawn_disabled_users_reload(state.clone()).await;
 
         let listener = TcpListener::bind(&state.config.http_addr)
             .map_err(|e| anyhow::anyhow!("cannot bind HTTP_ADDR {}: {e}", state.config.http_addr))?;
@@ -139,6 +143,27 @@ fn serve(state: Arc<AppState>, listener: TcpListener) -> anyhow::Result<Server> 
 /// Rejections counted in-process (sold out from the cache, not eligible...)
 /// reach Redis's stats within this interval.
 const FLUSH_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Loads the disabled users now (before serving), then keeps them fresh.
+async fn spawn_disabled_users_reload(state: Arc<AppState>) {
+    async fn reload(state: &AppState) {
+        let result = match state.pg.get().await {
+            Ok(db) => state.disabled_users.reload(&db).await,
+            Err(e) => Err(e.into()),
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "disabled users not reloaded; keeping the last set");
+        }
+    }
+    reload(&state).await;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(crate::auth::disabled::DISABLED_REFRESH);
+        loop {
+            tick.tick().await;
+            reload(&state).await;
+        }
+    });
+}
 
 fn spawn_rejection_flusher(state: Arc<AppState>) {
     tokio::spawn(async move {

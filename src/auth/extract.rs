@@ -39,6 +39,9 @@ fn authenticate(req: &HttpRequest) -> Result<AuthUser, ApiError> {
         .filter(|t| !t.is_empty())
         .ok_or(ApiError::Unauthorized("the Authorization header must be `Bearer <token>`"))?;
     let Identity { user_id, role } = state.tokens.verify(token)?;
+    if state.disabled_users.contains(user_id) {
+        return Err(ApiError::Unauthorized("this account is disabled"));
+    }
     Ok(AuthUser { user_id, role })
 }
 

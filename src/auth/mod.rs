@@ -2,6 +2,7 @@
 //! issue and verification, and the `AuthUser` / `AdminUser` extractors that
 //! every protected handler takes, so none can forget to check the token.
 
+pub mod disabled;
 pub mod extract;
 pub mod password;
 pub mod routes;

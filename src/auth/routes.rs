@@ -5,7 +5,7 @@ use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{password, store, Role};
+use super::{password, store, AdminUser, Role};
 use crate::error::ApiError;
 use crate::error::ErrorBody;
 use crate::http::{route, Json};
@@ -15,6 +15,8 @@ use crate::startup::AppState;
 pub fn configure(cfg: &mut web::ServiceConfig) {
     route(cfg, Method::POST, "/auth/register", register);
     route(cfg, Method::POST, "/auth/login", login);
+    route(cfg, Method::POST, "/admin/users/{id}/disable", disable_user);
+    route(cfg, Method::POST, "/admin/users/{id}/enable", enable_user);
 }
 
 /// A username that has passed the rules: 3-32 characters of `[a-z0-9_.-]`,
@@ -172,6 +174,60 @@ pub async fn login(
     let LoginRequest { username, password } = body.into_inner();
     let user_id = authenticate(&state, &addr, &username, password).await?;
     Ok(HttpResponse::Ok().json(issue_login(&state, user_id)?))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct UserStatus {
+    pub user_id: i64,
+    pub disabled: bool,
+}
+
+async fn set_disabled(state: &AppState, user_id: i64, disabled: bool) -> Result<HttpResponse, ApiError> {
+    let db = state.pg.get().await.map_err(crate::db::StoreError::from)?;
+    if !super::disabled::set_disabled(&db, user_id, disabled).await? {
+        return Err(ApiError::NotFound("user"));
+    }
+    // This gateway at once; the others at their next reload (seconds).
+    if disabled {
+        state.disabled_users.insert(user_id);
+    } else {
+        state.disabled_users.remove(user_id);
+    }
+    tracing::info!(user_id, disabled, "user status changed");
+    Ok(HttpResponse::Ok().json(UserStatus { user_id, disabled }))
+}
+
+/// Disable a user: their tokens are refused from now on (every gateway within
+/// seconds) and they cannot log in. Their money history stays.
+#[utoipa::path(post, path = "/admin/users/{id}/disable", tag = "admin", security(("bearer" = [])),
+    params(("id" = i64, Path, description = "user id")), responses(
+        (status = 200, body = UserStatus),
+        (status = 404, description = "not_found", body = ErrorBody),
+        (status = 401, description = "unauthorized / token_expired", body = ErrorBody),
+        (status = 403, description = "forbidden: admin only", body = ErrorBody),
+        (status = 422, description = "invalid_input", body = ErrorBody)))]
+pub async fn disable_user(
+    state: web::Data<AppState>,
+    _admin: AdminUser,
+    path: web::Path<i64>,
+) -> Result<HttpResponse, ApiError> {
+    set_disabled(&state, path.into_inner(), true).await
+}
+
+/// Enable a disabled user again.
+#[utoipa::path(post, path = "/admin/users/{id}/enable", tag = "admin", security(("bearer" = [])),
+    params(("id" = i64, Path, description = "user id")), responses(
+        (status = 200, body = UserStatus),
+        (status = 404, description = "not_found", body = ErrorBody),
+        (status = 401, description = "unauthorized / token_expired", body = ErrorBody),
+        (status = 403, description = "forbidden: admin only", body = ErrorBody),
+        (status = 422, description = "invalid_input", body = ErrorBody)))]
+pub async fn enable_user(
+    state: web::Data<AppState>,
+    _admin: AdminUser,
+    path: web::Path<i64>,
+) -> Result<HttpResponse, ApiError> {
+    set_disabled(&state, path.into_inner(), false).await
 }
 
 #[cfg(test)]

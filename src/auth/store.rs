@@ -30,7 +30,9 @@ pub async fn insert_user(db: &impl GenericClient, user: &NewUser<'_>) -> Result<
 }
 
 pub async fn find_by_username(db: &impl GenericClient, username: &str) -> Result<Option<StoredUser>, StoreError> {
-    let stmt = db.prepare_cached("SELECT id, password_hash FROM users WHERE username = $1").await?;
+    // A disabled account cannot log in: it looks like no account at all.
+    let stmt =
+        db.prepare_cached("SELECT id, password_hash FROM users WHERE username = $1 AND disabled_at IS NULL").await?;
     Ok(db.query_opt(&stmt, &[&username]).await?.map(|row| StoredUser { id: row.get(0), password_hash: row.get(1) }))
 }
 

@@ -18,6 +18,8 @@ use crate::{auth, codes, redemption, wallet};
         super::observe::metrics_route,
         auth::routes::register,
         auth::routes::login,
+        auth::routes::disable_user,
+        auth::routes::enable_user,
         redemption::routes::use_code,
         wallet::routes::balance,
         wallet::routes::transactions,

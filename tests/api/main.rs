@@ -14,5 +14,6 @@ mod openapi;
 mod operations;
 mod reconciler;
 mod redemption;
+mod tokens;
 mod vouchers;
 mod wallet;
