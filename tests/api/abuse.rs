@@ -123,14 +123,20 @@ async fn two_gateway_instances_share_one_limit() {
 async fn password_guessing_on_one_account_is_cut_off() {
     let app = spawn_app_with(&LIMITS_ON).await;
     app.post("/auth/register", json!({"username": "victim", "password": "correct-horse-1"}), None).await;
+    let started = std::time::Instant::now();
     let mut statuses = vec![];
     for i in 0..15 {
         let res =
             app.post("/auth/login", json!({"username": "victim", "password": format!("guess-{i:04}")}), None).await;
         statuses.push(res.status.as_u16());
     }
-    assert_eq!(statuses.iter().filter(|s| **s == 401).count(), 10);
-    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 5);
+    // 10 per minute: a burst of 10, then one more every 6 s (hashing is slow
+    // on a loaded machine, so the refill during the test is allowed for).
+    let refilled = (started.elapsed().as_secs() / 6) as usize;
+    let tried = statuses.iter().filter(|s| **s == 401).count();
+    assert!((10..=10 + refilled).contains(&tried), "{tried} passwords tried: {statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 15 - tried);
+    assert!(statuses.iter().all(|s| *s == 401 || *s == 429));
 }
 
 #[tokio::test]
