@@ -47,7 +47,7 @@ async fn wait_for_gate_state(app: &TestApp, code: &str) -> GateSnapshot {
 
 #[tokio::test]
 async fn a_claim_whose_gateway_died_is_released_after_the_grace_period() {
-    let app = spawn_app_with(&[("CLAIM_GRACE_SECONDS", "1"), ("PG_STATEMENT_TIMEOUT_MS", "500")]).await;
+    let app = spawn_app_with(&[("CLAIM_GRACE_SECONDS", "3"), ("PG_STATEMENT_TIMEOUT_MS", "500")]).await;
     let code = app.create_code("ORPHAN", 10, 1).await;
     let mut users = app.create_users(2).await;
     let (ghost, _) = users.remove(0);
@@ -60,7 +60,7 @@ async fn a_claim_whose_gateway_died_is_released_after_the_grace_period() {
     // Within the grace period the reconciler leaves it alone.
     let stats = reconciler::run_once(&app.state).await.unwrap();
     assert_eq!(stats.claims_released, 0);
-    tokio::time::sleep(std::time::Duration::from_millis(1600)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(3200)).await;
     let stats = reconciler::run_once(&app.state).await.unwrap();
     assert_eq!(stats.claims_released, 1);
 
@@ -110,7 +110,7 @@ async fn the_report_survives_a_redis_loss_with_the_synced_counters() {
 
 #[tokio::test]
 async fn a_user_whose_own_claim_was_abandoned_is_settled_on_retry() {
-    let app = spawn_app_with(&[("CLAIM_GRACE_SECONDS", "1"), ("PG_STATEMENT_TIMEOUT_MS", "500")]).await;
+    let app = spawn_app_with(&[("CLAIM_GRACE_SECONDS", "3"), ("PG_STATEMENT_TIMEOUT_MS", "500")]).await;
     let code = app.create_code("RETRY", 10, 1).await;
     let (user, token) = app.create_users(1).await.remove(0);
     // The user's first request reached a gateway that claimed, then died.
@@ -119,7 +119,7 @@ async fn a_user_whose_own_claim_was_abandoned_is_settled_on_retry() {
 
     // While a commit could still be running, the claim stands.
     assert_eq!(app.use_code(&token, "RETRY").await.status, 409);
-    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(3200)).await;
     // Past the grace period the retry settles it at once, without the reconciler.
     let res = app.use_code(&token, "RETRY").await;
     assert_eq!(res.status, 200, "{:?}", res.body);
