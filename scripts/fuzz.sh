@@ -93,24 +93,46 @@ run_pass() {
   local name=$1
   shift
   log "pass '$name': $EXAMPLES examples per operation"
-  local status=0
+  schemathesis_run "$name" "$@"
+  # A runtime error of schemathesis's own (seen: a flaky Hypothesis cache
+  # error while building examples), with no failed check and no 5xx, is not
+  # a finding about the gateway: the pass runs once more, and counts then.
+  local line
+  line=$(parse_pass "$OUT/$name" "$LAST_STATUS")
+  read -r _ _ failures errors server_errors _ <<<"$line"
+  if [ "$failures" = 0 ] && [ "$server_errors" = 0 ] && [ "$errors" != 0 ]; then
+    log "pass '$name': schemathesis raised $errors runtime error(s) of its own; running the pass again"
+    mv "$OUT/$name" "$OUT/$name-first" && mv "$OUT/$name.log" "$OUT/$name-first.log"
+    schemathesis_run "$name" "$@"
+  fi
+  summarize "$name" "$LAST_STATUS"
+}
+
+LAST_STATUS=0
+schemathesis_run() {
+  local name=$1
+  shift
+  LAST_STATUS=0
+  # No "examples" phase: building examples for the coupon bodies trips a
+  # Hypothesis error inside schemathesis (a KeyError in its lambda cache,
+  # the same every run); the coverage and fuzzing phases generate from the
+  # same schemas.
   "$VENV/bin/schemathesis" run "http://127.0.0.1:$PORT/openapi.json" \
+    --phases coverage,fuzzing,stateful \
     --checks not_a_server_error,response_schema_conformance \
     "$(max_examples_flag)" "$EXAMPLES" \
     --request-timeout 10 --workers 2 \
     ${FUZZ_SEED:+--seed "$FUZZ_SEED"} \
     --report junit,har --report-dir "$OUT/$name" \
-    "$@" >"$OUT/$name.log" 2>&1 || status=$?
+    "$@" >"$OUT/$name.log" 2>&1 || LAST_STATUS=$?
   tail -n 25 "$OUT/$name.log" >&2
-  summarize "$name" "$status"
 }
 
 TOTAL_REQUESTS=0
 TOTAL_FAILURES=0
 # Prints one line per pass and adds it to the totals.
-summarize() {
-  local name=$1 status=$2 line
-  line=$(python3 - "$OUT/$name" "$status" <<'PY'
+parse_pass() {
+  python3 - "$1" "$2" <<'PY'
 import glob, json, re, sys, xml.etree.ElementTree as ET
 out, status = sys.argv[1], int(sys.argv[2])
 tested = re.search(r"Tested: (\d+)", open(f"{out}.log").read())
@@ -127,7 +149,11 @@ for xml in glob.glob(f"{out}/junit-*.xml"):
 operations = tested.group(1) if tested else "?"
 print(f"{operations} {requests} {failures} {errors} {server_errors} {status}")
 PY
-)
+}
+
+summarize() {
+  local name=$1 status=$2 line
+  line=$(parse_pass "$OUT/$name" "$status")
   read -r ops requests failures errors server_errors status <<<"$line"
   printf '[fuzz] %-6s operations=%s requests=%s failures=%s errors=%s responses_5xx=%s exit=%s\n' \
     "$name" "$ops" "$requests" "$failures" "$errors" "$server_errors" "$status"
