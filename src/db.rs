@@ -89,6 +89,21 @@ pub fn redis_pool(config: &Config) -> anyhow::Result<deadpool_redis::Pool> {
         .build()?)
 }
 
+/// A multiplexed, reconnecting Redis connection with the configured time-outs:
+/// the gate and the rate limiter each keep one, so neither queues behind the other.
+pub async fn redis_manager(config: &Config) -> anyhow::Result<redis::aio::ConnectionManager> {
+    let client =
+        redis::Client::open(config.redis_url.as_str()).map_err(|e| anyhow::anyhow!("REDIS_URL is not valid: {e}"))?;
+    let manager_config = redis::aio::ConnectionManagerConfig::new()
+        .set_response_timeout(Some(config.redis_timeout))
+        .set_connection_timeout(Some(config.redis_timeout))
+        .set_number_of_retries(2);
+    client
+        .get_connection_manager_with_config(manager_config)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach Redis at REDIS_URL: {e}"))
+}
+
 /// Applies pending migrations. Safe to call from many gateways at once.
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
     let (mut client, connection) = pg_config(config)?

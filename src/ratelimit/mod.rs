@@ -138,16 +138,7 @@ impl RateLimiter {
     /// Its own Redis connection (reconnecting), so a flood of limited
     /// requests does not queue behind the gate's claims; loads the script.
     pub async fn connect(config: &Config) -> anyhow::Result<Self> {
-        let client = redis::Client::open(config.redis_url.as_str())
-            .map_err(|e| anyhow::anyhow!("REDIS_URL is not valid: {e}"))?;
-        let manager_config = redis::aio::ConnectionManagerConfig::new()
-            .set_response_timeout(Some(config.redis_timeout))
-            .set_connection_timeout(Some(config.redis_timeout))
-            .set_number_of_retries(2);
-        let conn = client
-            .get_connection_manager_with_config(manager_config)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot reach Redis at REDIS_URL: {e}"))?;
+        let conn = crate::db::redis_manager(config).await?;
         let limiter = RateLimiter::new(conn, config.rate_limits, &config.redis_key_prefix);
         limiter.load_script().await?;
         Ok(limiter)

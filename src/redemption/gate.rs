@@ -107,16 +107,7 @@ pub struct Gate {
 impl Gate {
     /// Connects (with automatic reconnection) and loads the scripts.
     pub async fn connect(config: &Config) -> anyhow::Result<Self> {
-        let client = redis::Client::open(config.redis_url.as_str())
-            .map_err(|e| anyhow::anyhow!("REDIS_URL is not valid: {e}"))?;
-        let manager_config = redis::aio::ConnectionManagerConfig::new()
-            .set_response_timeout(Some(config.redis_timeout))
-            .set_connection_timeout(Some(config.redis_timeout))
-            .set_number_of_retries(2);
-        let conn = client
-            .get_connection_manager_with_config(manager_config)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot reach Redis at REDIS_URL: {e}"))?;
+        let conn = crate::db::redis_manager(config).await?;
         let gate = Gate {
             conn,
             prefix: config.redis_key_prefix.clone(),
@@ -194,6 +185,25 @@ impl Gate {
         mode: Release,
         only_if_pending: bool,
     ) -> Result<bool, GateError> {
+        self.run_release(code, holder, &ticket.to_string(), mode, only_if_pending).await
+    }
+
+    /// After a claim whose reply never came (a timeout): drop the holder's
+    /// claim if it is pending, whatever its ticket. Sent on the same connection,
+    /// so Redis runs it after the claim if the claim ran at all.
+    pub async fn release_unanswered_claim(&self, code: &str, holder: &str) -> Result<bool, GateError> {
+        self.run_release(code, holder, "*", Release::Free, true).await
+    }
+
+    /// lua/release.lua; `ticket` is a ticket number or `*` (see the script).
+    async fn run_release(
+        &self,
+        code: &str,
+        holder: &str,
+        ticket: &str,
+        mode: Release,
+        only_if_pending: bool,
+    ) -> Result<bool, GateError> {
         let k = self.keys(code);
         let mut conn = self.conn.clone();
         let released: i64 = self
@@ -206,27 +216,6 @@ impl Gate {
             .arg(ticket)
             .arg(mode.as_arg())
             .arg(if only_if_pending { "1" } else { "0" })
-            .invoke_async(&mut conn)
-            .await?;
-        Ok(released == 1)
-    }
-
-    /// After a claim whose reply never came (a timeout): drop the holder's
-    /// claim if it is pending, whatever its ticket. Sent on the same connection,
-    /// so Redis runs it after the claim if the claim ran at all.
-    pub async fn release_unanswered_claim(&self, code: &str, holder: &str) -> Result<bool, GateError> {
-        let k = self.keys(code);
-        let mut conn = self.conn.clone();
-        let released: i64 = self
-            .release
-            .key(&k.meta)
-            .key(&k.claims)
-            .key(&k.pending)
-            .key(&k.free)
-            .arg(holder)
-            .arg("*")
-            .arg(Release::Free.as_arg())
-            .arg("1")
             .invoke_async(&mut conn)
             .await?;
         Ok(released == 1)
