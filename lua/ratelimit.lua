@@ -6,7 +6,6 @@
 -- ARGV[2] burst: requests allowed back to back on a full bucket (>= 1)
 -- ARGV[3] cost: 0 = peek (would one more request pass? nothing is recorded),
 --               n >= 1 = take n requests' worth if they fit
---               -1 = refund one request's worth (taken up front, not owed after all)
 -- ARGV[4] '1' = force: record the cost even when it does not fit (for events
 --               that already happened, e.g. a failed code lookup); the TAT is
 --               then capped at now + 2 * burst * interval
@@ -40,13 +39,6 @@ end
 
 local function remaining_after(new_tat)
   return math.max(0, math.floor((tolerance - (new_tat - now)) / interval))
-end
-
-if cost < 0 then
-  -- Never below now: a refund cannot bank credit for later.
-  local refunded = math.max(now, tat + interval * cost)
-  if refunded > now then store(refunded) else redis.call('DEL', key) end
-  return {1, 0, remaining_after(refunded)}
 end
 
 -- A peek asks about one request without recording it.

@@ -195,6 +195,12 @@ impl CodeCache {
         }
     }
 
+    /// Whether this gateway has an entry for `name` (fresh or stale, known or
+    /// unknown): if not, a read would query the database.
+    pub fn has_entry(&self, name: &str) -> bool {
+        !matches!(self.lookup(name), Lookup::Missing)
+    }
+
     /// Drops the entry so the next read loads it (after an admin change).
     pub fn invalidate(&self, name: &str) {
         if let Ok(mut map) = self.inner.entries.write() {

@@ -52,6 +52,26 @@ fn check_order(order: &Order) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The coupon a checkout names, with code guessing limited: a code this
+/// gateway has never seen costs a peek at the caller's guessing budgets
+/// before the database is asked, and an unknown one takes a guess from them.
+async fn guarded_coupon(
+    state: &AppState,
+    user_id: i64,
+    addr: &ClientAddr,
+    raw: &str,
+) -> Result<Arc<CachedCode>, ApiError> {
+    let name = CodeName::parse(raw)?;
+    if !state.codes.has_entry(name.as_str()) {
+        state.limiter.guard_unknown_lookup(user_id, addr).await?;
+    }
+    let found = coupon(state, name.as_str()).await;
+    if matches!(found, Err(ApiError::CodeNotFound)) {
+        state.limiter.charge_unknown_code(user_id, addr).await?;
+    }
+    found
+}
+
 async fn coupon(state: &AppState, raw: &str) -> Result<Arc<CachedCode>, ApiError> {
     let code = lookup(state, &CodeName::parse(raw)?).await?;
     if code.code.kind != CodeKind::Coupon {
@@ -100,12 +120,9 @@ pub async fn quote_route(
     addr: ClientAddr,
     body: Json<CouponRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    state.limiter.guard_code_attempt(user.user_id, &addr).await?;
     let CouponRequest { code, order } = body.into_inner();
     check_order(&order)?;
-    let code = coupon(&state, &code).await;
-    state.limiter.settle_code_attempt(user.user_id, &addr, !matches!(code, Err(ApiError::CodeNotFound))).await;
-    let code = code?;
+    let code = guarded_coupon(&state, user.user_id, &addr, &code).await?;
     Ok(HttpResponse::Ok().json(quote_for(&state, &code, user.user_id, &order)?))
 }
 
@@ -129,12 +146,11 @@ pub async fn redeem_route(
     addr: ClientAddr,
     body: Json<CouponRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    state.limiter.guard_code_attempt(user.user_id, &addr).await?;
     let CouponRequest { code, order } = body.into_inner();
     check_order(&order)?;
     let name = CodeName::parse(&code)?;
+    guarded_coupon(&state, user.user_id, &addr, name.as_str()).await?;
     let state = state.into_inner();
-    let limiter_state = state.clone();
     // Detached: a client hanging up must not cut the gate path in half.
     let result = actix_web::rt::spawn(async move {
         let result = redeem(&state, user.user_id, &name, order).await;
@@ -142,12 +158,8 @@ pub async fn redeem_route(
         result
     })
     .await
-    .map_err(ApiError::internal)?;
-    limiter_state
-        .limiter
-        .settle_code_attempt(user.user_id, &addr, !matches!(result, Err(ApiError::CodeNotFound)))
-        .await;
-    Ok(HttpResponse::Ok().json(result?))
+    .map_err(ApiError::internal)??;
+    Ok(HttpResponse::Ok().json(result))
 }
 
 async fn redeem(state: &Arc<AppState>, user_id: i64, name: &CodeName, order: Order) -> Result<CouponUse, ApiError> {
@@ -166,7 +178,7 @@ async fn redeem(state: &Arc<AppState>, user_id: i64, name: &CodeName, order: Ord
     let holder = format!("order:{}", order.number);
     let (code_id, code_name) = (code.code.id, code.code.code.clone());
     let (order_total, discount) = (q.quote.order_total, q.quote.discount);
-    let result = through_gate(state, &code, &holder, |ticket| {
+    let result = through_gate(state, &code, user_id, &holder, |ticket| {
         let (code_name, number) = (code_name.clone(), order.number.clone());
         async move {
             let db = state.pg.get().await?;

@@ -73,8 +73,6 @@ pub enum Cost {
     /// Record one event that already happened (e.g. an unknown code was
     /// tried), even past the limit, so concurrent guesses all count.
     Record,
-    /// Give back one request's worth taken up front that was not owed.
-    Refund,
 }
 
 impl Cost {
@@ -84,7 +82,6 @@ impl Cost {
             Cost::Peek => (0, "0"),
             Cost::Take(n) => (i64::from(n), "0"),
             Cost::Record => (1, "1"),
-            Cost::Refund => (-1, "0"),
         }
     }
 }
@@ -251,44 +248,32 @@ impl RateLimiter {
         self.limits.enabled
     }
 
-    /// Before a code attempt (redeem, coupon): the user's attempt rate, and
-    /// one unit of the user's guessing budget, taken up front so that one
-    /// user's concurrent guesses cannot all slip past a check
-    /// (`settle_code_attempt` gives it back when the code exists). The
-    /// address's budget is only peeked here and charged for unknown codes:
-    /// taken up front, a spike of real users behind one carrier address
-    /// would trip it (each account's own budget still bounds its guesses).
-    pub async fn guard_code_attempt(&self, user_id: i64, addr: &ClientAddr) -> Result<(), ApiError> {
+    /// Before a request reaches the gate (a Redis claim, then Postgres): the
+    /// user's attempt rate. Cheap answers (sold out from memory, not
+    /// eligible) never get here, so a flood of them costs Redis nothing.
+    pub async fn guard_attempt(&self, user_id: i64) -> Result<(), ApiError> {
+        self.enforce(&[(Bucket::CodeAttempt, &user_subject(user_id), Cost::Take(1))]).await
+    }
+
+    /// Before looking up a code this gateway has never seen (a database
+    /// query): is the user or the address out of guesses? Known codes skip
+    /// this, so real traffic never pays for it.
+    pub async fn guard_unknown_lookup(&self, user_id: i64, addr: &ClientAddr) -> Result<(), ApiError> {
+        let (user, address) = (user_subject(user_id), addr.subject());
+        self.enforce(&[(Bucket::FailedCode, &user, Cost::Peek), (Bucket::FailedCodeAddress, &address, Cost::Peek)])
+            .await
+    }
+
+    /// The code did not exist: take one guess from the user's and the
+    /// address's budgets. `Err` (429) once either is spent, so the answer to
+    /// a guesser past the limit is 429, never whether the code exists.
+    pub async fn charge_unknown_code(&self, user_id: i64, addr: &ClientAddr) -> Result<(), ApiError> {
         let (user, address) = (user_subject(user_id), addr.subject());
         self.enforce(&[
-            (Bucket::CodeAttempt, &user, Cost::Take(1)),
             (Bucket::FailedCode, &user, Cost::Take(1)),
-            (Bucket::FailedCodeAddress, &address, Cost::Peek),
+            (Bucket::FailedCodeAddress, &address, Cost::Take(1)),
         ])
         .await
-    }
-
-    /// After the lookup: a code that exists gives the user's guessing unit
-    /// back (in the background: a real redemption must not wait for it); an
-    /// unknown one is charged to the address before answering, so the next
-    /// guess sees it.
-    pub async fn settle_code_attempt(self: &std::sync::Arc<Self>, user_id: i64, addr: &ClientAddr, code_existed: bool) {
-        if !self.enabled() {
-            return;
-        }
-        if code_existed {
-            let (limiter, user) = (self.clone(), user_subject(user_id));
-            tokio::spawn(async move { limiter.refund(&[(Bucket::FailedCode, &user)]).await });
-        } else {
-            self.record(&[(Bucket::FailedCodeAddress, &addr.subject())]).await;
-        }
-    }
-
-    async fn refund(&self, events: &[(Bucket, &str)]) {
-        let results = join_all(events.iter().map(|(b, s)| self.check_with(*b, s, Cost::Refund))).await;
-        if results.iter().any(Result::is_err) {
-            metrics::counter!(RATE_LIMITER_ERRORS).increment(1);
-        }
     }
 
     /// Before checking a password: per username and per address.

@@ -46,14 +46,18 @@ pub async fn use_code(
     addr: ClientAddr,
     body: Json<UseCodeRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    state.limiter.guard_code_attempt(user.user_id, &addr).await?;
     let name = CodeName::parse(&body.code)?;
+    if !state.codes.has_entry(name.as_str()) {
+        state.limiter.guard_unknown_lookup(user.user_id, &addr).await?;
+    }
     let state = state.into_inner();
     let worker_state = state.clone();
     // Detached from the request: a client that hangs up mid-way must not
     // cancel us between the claim and its commit or release.
     let work = async move { service::redeem(&worker_state, user.user_id, &name).await };
     let redeemed = actix_web::rt::spawn(work.instrument(tracing::Span::current())).await.map_err(ApiError::internal)?;
-    state.limiter.settle_code_attempt(user.user_id, &addr, !matches!(redeemed, Err(ApiError::CodeNotFound))).await;
+    if matches!(redeemed, Err(ApiError::CodeNotFound)) {
+        state.limiter.charge_unknown_code(user.user_id, &addr).await?;
+    }
     Ok(HttpResponse::Ok().json(redeemed?))
 }

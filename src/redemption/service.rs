@@ -46,6 +46,7 @@ pub async fn lookup(state: &AppState, name: &CodeName) -> Result<Arc<CachedCode>
 pub async fn through_gate<T, F, Fut>(
     state: &Arc<AppState>,
     code: &CachedCode,
+    user_id: i64,
     holder: &str,
     commit: F,
 ) -> Result<T, ApiError>
@@ -61,6 +62,7 @@ where
         code.hints.count(LocalReject::SoldOut);
         return Err(ApiError::SoldOut);
     }
+    state.limiter.guard_attempt(user_id).await?;
     let name = code.code.code.as_str();
     let mut settled = false;
     loop {
@@ -200,7 +202,7 @@ async fn redeem_credit(state: &Arc<AppState>, user_id: i64, name: &CodeName) -> 
     }
     let code_id = code.code.id;
     let name = code.code.code.clone();
-    through_gate(state, &code, &user_id.to_string(), |ticket| {
+    through_gate(state, &code, user_id, &user_id.to_string(), |ticket| {
         let name = name.clone();
         async move {
             let db = state.pg.get().await?;

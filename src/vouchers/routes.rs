@@ -103,7 +103,7 @@ async fn issue_voucher(state: &Arc<AppState>, user_id: i64, campaign: &CodeName)
     }
     let reward = code.code.voucher_reward()?;
     let (code_id, name) = (code.code.id, code.code.code.clone());
-    through_gate(state, &code, &user_id.to_string(), |ticket| {
+    through_gate(state, &code, user_id, &user_id.to_string(), |ticket| {
         let (reward, name) = (reward.clone(), name.clone());
         async move {
             let db = state.pg.get().await?;
