@@ -1,6 +1,6 @@
 //! Redeem Gateway: a Redis-gated, Postgres-ledgered service that hands out
-//! limited rewards fairly under a traffic spike. See README.md and
-//! docs/ARCHITECTURE.md for the why; each module says what it owns.
+//! limited rewards fairly under a traffic spike. README.md explains the
+//! design (how the gate works, what survives what); each module says what it owns.
 
 pub mod auth;
 pub mod cli;
