@@ -76,8 +76,12 @@ fuzz: services-up
 fuzz-smoke: services-up
 	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-20} scripts/fuzz.sh
 
-## Supply chain, offline: licences, banned and duplicate crates, sources (deny.toml).
-## Advisories need the RustSec database from GitHub: `cargo deny check advisories` where reachable.
+## Supply chain: licences, banned and duplicate crates, sources (deny.toml).
+## cargo-deny reads the sources of every crate in Cargo.lock, for every target platform, and a
+## Linux build downloads only those it compiles: fetch them all first (crates.io is reachable),
+## then check offline. Advisories need the RustSec database from GitHub: `cargo deny check
+## advisories` where reachable.
 audit:
 	@command -v cargo-deny >/dev/null || { echo "cargo-deny is missing: cargo install cargo-deny --locked"; exit 2; }
+	$(CARGO) fetch --locked
 	$(CARGO) deny --offline check licenses bans sources

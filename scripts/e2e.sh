@@ -35,13 +35,15 @@ export APP_ENV=dev HTTP_ADDR="127.0.0.1:$PORT" HTTP_WORKERS=2 \
   REDIS_KEY_PREFIX="e2e_$TAG" JWT_SECRET="e2e-secret-0123456789abcdef0123456789" RUST_LOG=warn
 
 cleanup() {
-  [ -n "${GW_PID:-}" ] && kill "$GW_PID" 2>/dev/null && wait "$GW_PID" 2>/dev/null || true
-  psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "drop database if exists $DB" >/dev/null 2>&1 || true
+  # GW_PID is the gateway itself (exec below), so this stops it, not a subshell.
+  if [ -n "${GW_PID:-}" ]; then kill "$GW_PID" 2>/dev/null || true; wait "$GW_PID" 2>/dev/null || true; fi
+  psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "drop database if exists $DB with (force)" >/dev/null 2>&1 || true
   rm -rf "$WORK"
 }
 trap cleanup EXIT
 
-(cd "$WORK" && "$BIN" serve >"$WORK/gateway.log" 2>&1) & GW_PID=$!
+# exec: $! must be the gateway's pid, not a subshell's, or cleanup leaves it running.
+(cd "$WORK" && exec "$BIN" serve >"$WORK/gateway.log" 2>&1) & GW_PID=$!
 for _ in $(seq 100); do curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
 curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null || { cat "$WORK/gateway.log"; exit 1; }
 

@@ -86,15 +86,16 @@ async fn a_limit_lowered_during_a_burst_never_over_issues_and_raised_admits_more
             for t in app_tokens {
                 let (client, url) = (client.clone(), format!("{address}/codes/use"));
                 tasks.push(tokio::spawn(async move {
-                    client
-                        .post(url)
-                        .bearer_auth(t)
-                        .json(&json!({"code": "MOVING"}))
-                        .send()
-                        .await
-                        .unwrap()
-                        .status()
-                        .as_u16()
+                    // As the app does: a 503 (pool or gate busy on a loaded
+                    // machine) is retried, so demand stays above the limit.
+                    for _ in 0..50 {
+                        let sent = client.post(&url).bearer_auth(&t).json(&json!({"code": "MOVING"})).send().await;
+                        match sent.map(|r| r.status().as_u16()) {
+                            Ok(503) | Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+                            Ok(status) => return status,
+                        }
+                    }
+                    503
                 }));
             }
             let mut statuses = vec![];
