@@ -324,34 +324,34 @@ async fn set_limit_on_a_big_code() {
     let mut conn = app.redis().await;
     // 100,000 claims (committed), next = 100,000; and 50,000 tickets set
     // aside as if given back while the limit was lower.
+    // Filled 1,000 at a time: one long script would outlast the client's timeout.
     let fill = redis::Script::new(
-        "for i = 0, 99999 do redis.call('HSET', KEYS[2], 'u' .. i, i); redis.call('HSET', KEYS[3], i, 'u' .. i) end
-         redis.call('HSET', KEYS[1], 'next', 100000)
+        "for i = tonumber(ARGV[1]), tonumber(ARGV[1]) + 999 do
+           redis.call('HSET', KEYS[2], 'u' .. i, i); redis.call('HSET', KEYS[3], i, 'u' .. i)
+         end
+         redis.call('HSET', KEYS[1], 'next', tonumber(ARGV[1]) + 1000)
          return 1",
     );
-    fill.key(app.key("BIGCODE", "meta"))
-        .key(app.key("BIGCODE", "claims"))
-        .key(app.key("BIGCODE", "owners"))
-        .invoke_async::<i64>(&mut conn)
-        .await
-        .unwrap();
-    let time = |label: &'static str, limit: i32, version: i64| {
-        let gate = app.state.gate.clone();
-        async move {
-            let started = std::time::Instant::now();
-            gate.set_limit("BIGCODE", limit, version).await.unwrap();
-            println!("{label}: {:?}", started.elapsed());
-        }
-    };
-    time("lower 200000 -> 50000", 50_000, 1).await;
-    time("raise 50000 -> 200000 (nothing set aside)", 200_000, 2).await;
-    time("lower 200000 -> 50000", 50_000, 3).await;
-    let aside = redis::Script::new("for i = 50000, 99999 do redis.call('ZADD', KEYS[1], i, i) end return 1");
-    aside.key(app.key("BIGCODE", "dropped")).invoke_async::<i64>(&mut conn).await.unwrap();
+    for from in (0..100_000).step_by(1_000) {
+        fill.key(app.key("BIGCODE", "meta"))
+            .key(app.key("BIGCODE", "claims"))
+            .key(app.key("BIGCODE", "owners"))
+            .arg(from)
+            .invoke_async::<i64>(&mut conn)
+            .await
+            .unwrap();
+    }
     redis::cmd("CONFIG").arg("SET").arg("slowlog-log-slower-than").arg(0).query_async::<()>(&mut conn).await.unwrap();
-    redis::cmd("SLOWLOG").arg("RESET").query_async::<()>(&mut conn).await.unwrap();
-    time("raise 50000 -> 200000 (50,000 set aside)", 200_000, 4).await;
-    let log: Vec<redis::Value> = redis::cmd("SLOWLOG").arg("GET").arg(20).query_async(&mut conn).await.unwrap();
+    timed_set_limit(&app, &mut conn, "lower 200000 -> 50000", 50_000, 1).await;
+    timed_set_limit(&app, &mut conn, "raise 50000 -> 200000 (nothing set aside)", 200_000, 2).await;
+    timed_set_limit(&app, &mut conn, "lower 200000 -> 50000", 50_000, 3).await;
+    let aside = redis::Script::new(
+        "for i = tonumber(ARGV[1]), tonumber(ARGV[1]) + 999 do redis.call('ZADD', KEYS[1], i, i) end return 1",
+    );
+    for from in (50_000..100_000).step_by(1_000) {
+        aside.key(app.key("BIGCODE", "dropped")).arg(from).invoke_async::<i64>(&mut conn).await.unwrap();
+    }
+    timed_set_limit(&app, &mut conn, "raise 50000 -> 200000 (50,000 tickets set aside)", 200_000, 4).await;
     redis::cmd("CONFIG")
         .arg("SET")
         .arg("slowlog-log-slower-than")
@@ -359,15 +359,41 @@ async fn set_limit_on_a_big_code() {
         .query_async::<()>(&mut conn)
         .await
         .unwrap();
-    for entry in log {
-        if let redis::Value::Array(fields) = entry {
-            if let (Some(redis::Value::Int(us)), Some(redis::Value::Array(cmd))) = (fields.get(2), fields.get(3)) {
-                if let Some(redis::Value::BulkString(name)) = cmd.first() {
-                    println!("slowlog: {} {us} µs", String::from_utf8_lossy(name));
-                }
-            }
-        }
-    }
     let gate = app.state.gate.snapshot("BIGCODE").await.unwrap().unwrap();
     assert_eq!((gate.limit, gate.dropped, gate.free), (200_000, 0, 50_000));
+}
+
+/// One limit change on BIGCODE, timed from here and by Redis's SLOWLOG.
+async fn timed_set_limit(
+    app: &TestApp,
+    conn: &mut redis::aio::MultiplexedConnection,
+    label: &str,
+    limit: i32,
+    version: i64,
+) {
+    redis::cmd("SLOWLOG").arg("RESET").query_async::<()>(conn).await.unwrap();
+    let started = std::time::Instant::now();
+    app.state.gate.set_limit("BIGCODE", limit, version).await.unwrap();
+    let elapsed = started.elapsed();
+    let log: Vec<redis::Value> = redis::cmd("SLOWLOG").arg("GET").arg(1000).query_async(conn).await.unwrap();
+    let scripts: Vec<i64> = log
+        .iter()
+        .filter_map(|entry| match entry {
+            redis::Value::Array(f) => match (f.get(2), f.get(3)) {
+                (Some(redis::Value::Int(us)), Some(redis::Value::Array(cmd)))
+                    if matches!(cmd.first(), Some(redis::Value::BulkString(n)) if n.eq_ignore_ascii_case(b"EVALSHA")) =>
+                {
+                    Some(*us)
+                }
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    println!(
+        "{label}: {elapsed:?} in all; {} script call(s), longest {} µs, sum {} µs",
+        scripts.len(),
+        scripts.iter().max().unwrap_or(&0),
+        scripts.iter().sum::<i64>()
+    );
 }
