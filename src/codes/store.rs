@@ -266,7 +266,7 @@ pub struct CodeChange {
 #[derive(Debug)]
 pub enum ChangeOutcome {
     /// The changed code and its `limit_version` (what orders the gate's set_limit).
-    Changed(Code, i64),
+    Changed(Box<Code>, i64),
     /// The limit would fall to or below a ticket in use.
     LimitBelowUse { highest_ticket: i32 },
     /// The window would end before it starts.
@@ -324,7 +324,7 @@ pub async fn change_code(
         Err(e) => return Err(e.into()),
     };
     tx.commit().await?;
-    Ok(ChangeOutcome::Changed(code_from_row(&row), row.get(CODE_COLUMN_COUNT)))
+    Ok(ChangeOutcome::Changed(Box::new(code_from_row(&row)), row.get(CODE_COLUMN_COUNT)))
 }
 
 pub struct BulkSpec<'a> {
