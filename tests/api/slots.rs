@@ -397,3 +397,43 @@ async fn timed_set_limit(
         scripts.iter().sum::<i64>()
     );
 }
+
+/// The audit's race: audits run back to back (the code marked dirty before
+/// each) while 600 users race for 300 slots. A ticket freed while its claim's
+/// commit is in flight would be handed out twice: the second commit would
+/// find it taken (a 503, and a discarded ticket). None may happen, and the
+/// count stays exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn audits_during_a_burst_never_free_a_held_ticket() {
+    let app = spawn_app().await;
+    let code = app.create_code("AUDITED", 10, 300).await;
+    let users = app.create_users(600).await;
+    let tokens: Vec<String> = users.iter().map(|(_, t)| t.clone()).collect();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let auditor = {
+        let (state, done, meta) = (app.state.clone(), done.clone(), app.key("AUDITED", "meta"));
+        let redis_url = app.redis_url.clone();
+        tokio::spawn(async move {
+            let mut conn =
+                redis::Client::open(redis_url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+            let (mut passes, mut freed) = (0, 0);
+            while !done.load(std::sync::atomic::Ordering::Acquire) {
+                redis::cmd("HINCRBY").arg(&meta).arg("dirty").arg(1).query_async::<()>(&mut conn).await.unwrap();
+                let stats = reconciler::run_once(&state).await.unwrap();
+                passes += stats.codes_audited;
+                freed += stats.tickets_freed;
+            }
+            (passes, freed)
+        })
+    };
+    let responses = app.burst(&tokens, "AUDITED").await;
+    done.store(true, std::sync::atomic::Ordering::Release);
+    let (audits, freed) = auditor.await.unwrap();
+    assert!(audits > 0, "the audit ran during the burst");
+    let by_status = |s: u16| responses.iter().filter(|r| r.status.as_u16() == s).count();
+    assert_eq!((by_status(200), by_status(410), by_status(503)), (300, 300, 0), "{audits} audits, {freed} freed");
+    assert_eq!(freed, 0, "nothing was lost, so nothing was freed");
+    assert_eq!(app.redemption_counts(code.id).await, (300, 300));
+    reconcile(&app).await;
+    assert_no_slot_lost(&app, &code).await;
+}
