@@ -90,8 +90,14 @@ end
 
 n = tonumber(ARGV[i]); i = i + 1
 if n > 0 and limit then
+  -- The free-list re-check reads the list; past 100,000 entries that would
+  -- hold Redis too long, and the moves guard above already says no ticket
+  -- was pushed since the caller read the list (this re-check only adds cover
+  -- for a Redis that lost writes in between).
   local on_list = {}
-  for _, t in ipairs(redis.call('LRANGE', free, 0, -1)) do on_list[t] = true end
+  if redis.call('LLEN', free) <= 100000 then
+    for _, t in ipairs(redis.call('LRANGE', free, 0, -1)) do on_list[t] = true end
+  end
   for _ = 1, n do
     local ticket = ARGV[i]; i = i + 1
     local t = tonumber(ticket)

@@ -1,6 +1,8 @@
 //! Codes and their redemptions in Postgres (except the commit itself, which
 //! lives with the redemption path).
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 use tokio_postgres::error::SqlState;
@@ -175,6 +177,22 @@ pub async fn gate_truth(db: &impl GenericClient, code_id: i64) -> Result<Option<
         limit_version: r.get(1),
         slot_changes: r.get(2),
     }))
+}
+
+/// `GateTruth` of every code the reconciler looks after (as `active_codes`), in one query.
+pub async fn active_gate_truths(db: &impl GenericClient) -> Result<HashMap<i64, GateTruth>, StoreError> {
+    let stmt = db
+        .prepare_cached(
+            "SELECT id, redemption_limit, limit_version, slot_changes FROM codes
+             WHERE status = 'active' AND (ends_at IS NULL OR ends_at > now() - interval '1 day')",
+        )
+        .await?;
+    Ok(db
+        .query(&stmt, &[])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), GateTruth { limit: r.get(1), limit_version: r.get(2), slot_changes: r.get(3) }))
+        .collect())
 }
 
 /// The highest ticket in use (committed), if any: a limit may not go below it.

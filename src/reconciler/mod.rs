@@ -2,9 +2,9 @@
 //! For each active code it rebuilds missing gate state, releases claims
 //! whose gateway died before committing, confirms committed ones, repairs the
 //! gate's limit where it differs from Postgres's, audits the tickets of codes
-//! that changed (audit.rs), and syncs the gate's counters back to Postgres. It runs at start-up, every
-//! `RECONCILE_INTERVAL_SECONDS` (one gateway at a time, via a Redis lock), and
-//! by hand with `redeem-gateway reconcile`.
+//! that changed (audit.rs), and syncs the gate's counters back to Postgres.
+//! It runs at start-up, every `RECONCILE_INTERVAL_SECONDS` (one gateway at a
+//! time, via a Redis lock), and by hand with `redeem-gateway reconcile`.
 
 pub mod audit;
 pub mod rebuild;
@@ -19,12 +19,13 @@ use chrono::Utc;
 use tokio_cron_scheduler::{Job, JobScheduler};
 
 use self::rebuild::RebuildError;
-use crate::codes::store as codes_store;
+use crate::codes::store::{self as codes_store, GateTruth};
 use crate::codes::Code;
 use crate::db::StoreError;
 use crate::startup::AppState;
 use crate::telemetry::{
-    RECONCILER_CONFIRMED, RECONCILER_DURATION, RECONCILER_REBUILDS, RECONCILER_RELEASED, RECONCILER_RUNS,
+    RECONCILER_CONFIRMED, RECONCILER_DURATION, RECONCILER_LIMITS_REPAIRED, RECONCILER_REBUILDS, RECONCILER_RELEASED,
+    RECONCILER_RUNS, RECONCILER_TICKETS_FREED,
 };
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -47,9 +48,9 @@ pub struct RunStats {
 /// stop the others.
 pub async fn run_once(state: &Arc<AppState>) -> Result<RunStats, StoreError> {
     let started = Instant::now();
-    let codes = {
+    let (codes, truths) = {
         let db = state.pg.get().await?;
-        codes_store::active_codes(&db).await?
+        (codes_store::active_codes(&db).await?, codes_store::active_gate_truths(&db).await?)
     };
     let mut stats = RunStats { codes_checked: codes.len(), ..Default::default() };
     let mut audit_budget = audit::TICKETS_PER_PASS;
@@ -76,10 +77,10 @@ pub async fn run_once(state: &Arc<AppState>) -> Result<RunStats, StoreError> {
                 tracing::warn!(code = %code.code, error = %e, "sweep failed");
             }
         }
-        match check_gate(state, code, &mut audit_budget).await {
+        match check_gate(state, code, truths.get(&code.id).copied(), &mut audit_budget).await {
             Ok(c) => {
                 stats.limits_repaired += usize::from(c.limit_repaired);
-                stats.codes_audited += usize::from(c.audit.work > 0);
+                stats.codes_audited += usize::from(c.audit.completed || c.audit.work > 0);
                 stats.tickets_freed += c.audit.freed;
                 stats.entries_fixed += c.audit.fixed;
             }
@@ -97,6 +98,8 @@ pub async fn run_once(state: &Arc<AppState>) -> Result<RunStats, StoreError> {
     metrics::counter!(RECONCILER_RELEASED).increment(stats.claims_released as u64);
     metrics::counter!(RECONCILER_CONFIRMED).increment(stats.claims_confirmed as u64);
     metrics::counter!(RECONCILER_REBUILDS).increment(stats.codes_rebuilt as u64);
+    metrics::counter!(RECONCILER_LIMITS_REPAIRED).increment(stats.limits_repaired as u64);
+    metrics::counter!(RECONCILER_TICKETS_FREED).increment(stats.tickets_freed.max(0) as u64);
     metrics::histogram!(RECONCILER_DURATION).record(started.elapsed().as_secs_f64());
     let eventful = stats.codes_rebuilt
         + stats.claims_released
@@ -143,17 +146,18 @@ struct GateCheck {
 /// limit if it differs (a set_limit that failed after its PATCH committed, a
 /// rebuild from a stale row) and gives back tickets set aside below it; then
 /// audits the code's tickets if its change marks moved, within the budget.
-async fn check_gate(state: &AppState, code: &Code, budget: &mut i64) -> Result<GateCheck, RebuildError> {
+/// `truth` was read at the start of the pass: if a PATCH commits since, the
+/// gate holds a newer version than `truth` and set_limit refuses the older one.
+async fn check_gate(
+    state: &AppState,
+    code: &Code,
+    truth: Option<GateTruth>,
+    budget: &mut i64,
+) -> Result<GateCheck, RebuildError> {
     let mut check = GateCheck::default();
+    let Some(truth) = truth else { return Ok(check) };
     let Some(snapshot) = state.gate.snapshot(&code.code).await? else {
         return Ok(check); // no state yet: the rebuild reads Postgres
-    };
-    let truth = {
-        let db = state.pg.get().await.map_err(StoreError::from)?;
-        match codes_store::gate_truth(&db, code.id).await? {
-            Some(t) => t,
-            None => return Ok(check),
-        }
     };
     let behind = snapshot.limit_version.is_some_and(|v| v < truth.limit_version);
     if snapshot.limit != i64::from(truth.limit) || behind || snapshot.dropped > 0 {
