@@ -463,3 +463,34 @@ async fn audits_during_a_burst_never_free_a_held_ticket() {
     reconcile(&app).await;
     assert_no_slot_lost(&app, &code).await;
 }
+
+/// A code wider than one audit step (10,000 tickets) is audited step by
+/// step from the cursor in its meta, and every lost ticket comes back once.
+#[tokio::test]
+async fn a_code_wider_than_one_audit_step_is_audited_step_by_step() {
+    let app = spawn_app().await;
+    let code = app.create_code("WIDE", 10, 25_000).await;
+    let users = app.create_users(3).await;
+    for (_, token) in &users {
+        assert_eq!(app.use_code(token, "WIDE").await.status, 200); // tickets 0, 1, 2
+    }
+    reconcile(&app).await; // the audit the creation asked for
+                           // Redis believes 25,000 tickets went out; the 24,997 nobody holds are lost.
+    let mut conn = app.redis().await;
+    redis::cmd("HSET").arg(app.key("WIDE", "meta")).arg("next").arg(25_000).query_async::<()>(&mut conn).await.unwrap();
+    redis::cmd("HINCRBY").arg(app.key("WIDE", "meta")).arg("dirty").arg(1).query_async::<()>(&mut conn).await.unwrap();
+    let stats = reconcile(&app).await;
+    assert_eq!((stats.tickets_freed, stats.codes_audited), (24_997, 1), "{stats:?}");
+    let free: Vec<i64> =
+        redis::cmd("LRANGE").arg(app.key("WIDE", "free")).arg(0).arg(-1).query_async(&mut conn).await.unwrap();
+    let distinct: std::collections::BTreeSet<i64> = free.iter().copied().collect();
+    assert_eq!((free.len(), distinct.len()), (24_997, 24_997), "each lost ticket back once");
+    assert_eq!((distinct.first(), distinct.last()), (Some(&3), Some(&24_999)));
+    let gate = app.state.gate.snapshot("WIDE").await.unwrap().unwrap();
+    assert!(!gate.audit_in_progress, "the sweep finished in one pass");
+    assert_eq!(gate.remaining(), 25_000 - applied_uses(&app, &code).await);
+    assert_eq!(reconcile(&app).await.codes_audited, 0, "quiet since");
+    let (_, token) = app.create_users(1).await.remove(0);
+    assert_eq!(app.use_code(&token, "WIDE").await.status, 200);
+    app.assert_money_invariants().await;
+}
