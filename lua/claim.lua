@@ -1,10 +1,16 @@
 -- claim.lua: admit one user to one code, or say why not. One atomic step.
 --
--- KEYS[1] meta     hash  {limit, next}: next = first ticket never handed out
--- KEYS[2] claims   hash  holder -> ticket (pending or committed)
+-- KEYS[1] meta     hash  {limit, next, ...}: next = first ticket never handed out
+--                        (the other fields: see install.lua and audit.lua)
+-- KEYS[2] claims   hash  holder -> ticket (pending or committed; -1: committed,
+--                        ticket not tracked here, see release.lua 'keep')
 -- KEYS[3] pending  zset  holder -> claim time (ms); removed once committed
--- KEYS[4] free     list  tickets given back by failed commits
+-- KEYS[4] free     list  tickets given back (failed commits, cancels, audits)
 -- KEYS[5] stats    hash  rejection counters by reason
+-- KEYS[6] dropped  zset  tickets at or above a lowered limit, kept aside (score =
+--                        ticket) so that a raise gives them back (set_limit.lua)
+-- KEYS[7] owners   hash  ticket -> holder: the reverse of claims, so a cancel
+--                        and the audit can tell whether a ticket is held
 -- ARGV[1] holder: a user id (credit codes, vouchers) or an order (coupons)
 -- ARGV[2] grace period (ms): a claim pending for longer is presumed abandoned
 --
@@ -14,9 +20,12 @@
 --         (its gateway probably died): the caller settles it against Postgres
 --
 -- Invariant: every ticket handed out is in [0, limit) and held by at most one
--- holder at a time; a holder holds at most one ticket per code. All keys share the
--- hash tag {code}, so this also runs on Redis Cluster.
+-- holder at a time; a holder holds at most one ticket per code; claims and
+-- owners are each other's reverse. A ticket popped at or above the limit moves
+-- to `dropped`, never vanishes. All keys share the hash tag {code}, so this
+-- also runs on Redis Cluster.
 local meta, claims, pending, free, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local dropped, owners = KEYS[6], KEYS[7]
 local user, grace_ms = ARGV[1], tonumber(ARGV[2])
 
 local limit = tonumber(redis.call('HGET', meta, 'limit'))
@@ -37,11 +46,12 @@ if held then
 end
 
 local ticket
--- Tickets at or above the limit (left over after a limit was lowered) are dropped.
 while true do
   local t = redis.call('LPOP', free)
   if not t then break end
   if tonumber(t) < limit then ticket = tonumber(t); break end
+  -- At or above a lowered limit: set aside until a raise (set_limit.lua).
+  redis.call('ZADD', dropped, t, t)
 end
 if not ticket then
   local nxt = tonumber(redis.call('HGET', meta, 'next') or '0')
@@ -56,5 +66,6 @@ if not ticket then
 end
 
 redis.call('HSET', claims, user, ticket)
+redis.call('HSET', owners, ticket, user)
 redis.call('ZADD', pending, now_ms, user)
 return {1, ticket}

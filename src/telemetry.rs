@@ -39,6 +39,9 @@ pub const RECONCILER_RELEASED: &str = "reconciler_claims_released_total";
 pub const RECONCILER_CONFIRMED: &str = "reconciler_claims_confirmed_total";
 pub const RECONCILER_REBUILDS: &str = "reconciler_codes_rebuilt_total";
 pub const RECONCILER_DURATION: &str = "reconciler_run_duration_seconds";
+/// Gate limits repaired to Postgres's, and lost tickets the audit gave back.
+pub const RECONCILER_LIMITS_REPAIRED: &str = "reconciler_limits_repaired_total";
+pub const RECONCILER_TICKETS_FREED: &str = "reconciler_tickets_freed_total";
 
 const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 

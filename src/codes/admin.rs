@@ -177,7 +177,7 @@ pub async fn create_code(pg: &Pool, gate: &Gate, input: CreateCode, default_tz: 
     // A brand-new code has no redemptions: its gate state replaces any leftover.
     // If Redis is down now, the reconciler installs it later (the code answers
     // 503 until then), so the code exists either way.
-    if let Err(e) = gate.install(&code.code, code.limit, 0, &[], &[], true).await {
+    if let Err(e) = gate.install(&code.code, code.limit, 0, 0, &[], &[], true).await {
         tracing::warn!(code = %code.code, error = %e, "code created; its gate state is left to the reconciler");
     }
     tracing::info!(code = %code.code, kind = code.kind.as_str(), limit = code.limit, "code created");
@@ -234,8 +234,8 @@ pub async fn change_code(pg: &Pool, gate: &Gate, code: &Code, change: ChangeCode
         rules: change.rules.as_ref().map(check_rules).transpose()?,
     };
     let mut db = pg.get().await.map_err(StoreError::from)?;
-    let changed = match store::change_code(&mut db, code, &store_change).await? {
-        ChangeOutcome::Changed(c) => c,
+    let (changed, limit_version) = match store::change_code(&mut db, code, &store_change).await? {
+        ChangeOutcome::Changed(c, v) => (*c, v),
         ChangeOutcome::LimitBelowUse { highest_ticket } => {
             return Err(invalid(format!(
                 "limit must stay above the highest slot in use ({highest_ticket}); it can go down to {}",
@@ -247,7 +247,10 @@ pub async fn change_code(pg: &Pool, gate: &Gate, code: &Code, change: ChangeCode
     if let Some(limit) = store_change.limit {
         // Tickets already handed out at or above a lowered limit fail their
         // commit (the trigger reads the new limit); new ones are not handed out.
-        gate.set_limit(&changed.code, limit).await?;
+        // If this fails (Redis down: the admin sees 503 though Postgres holds
+        // the new limit), the reconciler's next pass compares and repairs it;
+        // the version keeps a late call from undoing a newer one.
+        gate.set_limit(&changed.code, limit, limit_version).await?;
     }
     tracing::info!(code = %changed.code, limit = changed.limit, status = changed.status.as_str(), "code changed");
     Ok(changed)

@@ -1,6 +1,8 @@
 //! Codes and their redemptions in Postgres (except the commit itself, which
 //! lives with the redemption path).
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 use tokio_postgres::error::SqlState;
@@ -11,6 +13,9 @@ use crate::db::StoreError;
 
 const CODE_COLUMNS: &str = "id, code, kind, amount, redemption_limit, per_user_limit, starts_at, ends_at, \
                             status, time_zone, reward, rules, batch, created_at";
+
+/// How many columns CODE_COLUMNS names (a column after them is at this index).
+const CODE_COLUMN_COUNT: usize = 14;
 
 fn code_from_row(row: &Row) -> Code {
     Code {
@@ -141,6 +146,55 @@ pub async fn committed_holders(
     Ok(db.query(&stmt, &[&code.id, &holders]).await?.iter().map(|r| r.get(0)).collect())
 }
 
+/// The committed (holder, ticket) of a code with a ticket in `[from, to)`
+/// (the ticket audit's range; each table has an index on (code_id, ticket)).
+pub async fn committed_in_range(
+    db: &impl GenericClient,
+    code: &Code,
+    from: i64,
+    to: i64,
+) -> Result<Vec<(String, i32)>, StoreError> {
+    let sql = format!("SELECT holder, ticket FROM ({}) t WHERE ticket >= $2 AND ticket < $3", ticket_source(code.kind));
+    let stmt = db.prepare_cached(&sql).await?;
+    let (from, to) = (from.clamp(0, i32::MAX as i64) as i32, to.clamp(0, i32::MAX as i64) as i32);
+    Ok(db.query(&stmt, &[&code.id, &from, &to]).await?.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// What the gate must agree with, read from Postgres (never from a cache):
+/// the limit, its version, and the count of Postgres-side ticket frees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GateTruth {
+    pub limit: i32,
+    pub limit_version: i64,
+    pub slot_changes: i64,
+}
+
+pub async fn gate_truth(db: &impl GenericClient, code_id: i64) -> Result<Option<GateTruth>, StoreError> {
+    let stmt =
+        db.prepare_cached("SELECT redemption_limit, limit_version, slot_changes FROM codes WHERE id = $1").await?;
+    Ok(db.query_opt(&stmt, &[&code_id]).await?.map(|r| GateTruth {
+        limit: r.get(0),
+        limit_version: r.get(1),
+        slot_changes: r.get(2),
+    }))
+}
+
+/// `GateTruth` of every code the reconciler looks after (as `active_codes`), in one query.
+pub async fn active_gate_truths(db: &impl GenericClient) -> Result<HashMap<i64, GateTruth>, StoreError> {
+    let stmt = db
+        .prepare_cached(
+            "SELECT id, redemption_limit, limit_version, slot_changes FROM codes
+             WHERE status = 'active' AND (ends_at IS NULL OR ends_at > now() - interval '1 day')",
+        )
+        .await?;
+    Ok(db
+        .query(&stmt, &[])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), GateTruth { limit: r.get(1), limit_version: r.get(2), slot_changes: r.get(3) }))
+        .collect())
+}
+
 /// The highest ticket in use (committed), if any: a limit may not go below it.
 pub async fn highest_ticket(db: &impl GenericClient, code: &Code) -> Result<Option<i32>, StoreError> {
     let sql = format!("SELECT max(ticket) FROM ({}) t", ticket_source(code.kind));
@@ -229,11 +283,10 @@ pub struct CodeChange {
 
 #[derive(Debug)]
 pub enum ChangeOutcome {
-    Changed(Code),
+    /// The changed code and its `limit_version` (what orders the gate's set_limit).
+    Changed(Box<Code>, i64),
     /// The limit would fall to or below a ticket in use.
-    LimitBelowUse {
-        highest_ticket: i32,
-    },
+    LimitBelowUse { highest_ticket: i32 },
     /// The window would end before it starts.
     BadWindow,
 }
@@ -264,7 +317,7 @@ pub async fn change_code(
             status = coalesce($8, status),
             rules = coalesce($9, rules),
             updated_at = now()
-         WHERE id = $1 RETURNING {CODE_COLUMNS}"
+         WHERE id = $1 RETURNING {CODE_COLUMNS}, limit_version"
     );
     let status = change.status.map(CodeStatus::as_str);
     let result = tx
@@ -289,7 +342,7 @@ pub async fn change_code(
         Err(e) => return Err(e.into()),
     };
     tx.commit().await?;
-    Ok(ChangeOutcome::Changed(code_from_row(&row)))
+    Ok(ChangeOutcome::Changed(Box::new(code_from_row(&row)), row.get(CODE_COLUMN_COUNT)))
 }
 
 pub struct BulkSpec<'a> {

@@ -20,7 +20,6 @@ use crate::db::StoreError;
 use crate::error::{ApiError, ErrorBody};
 use crate::http::{route, Json};
 use crate::ratelimit::ClientAddr;
-use crate::redemption::gate::Release;
 use crate::redemption::service::{lookup, record_outcome, through_gate};
 use crate::startup::AppState;
 
@@ -259,11 +258,13 @@ pub async fn cancel_route(
         Cancelled::Now { code, order_number, ticket, .. } => (code, order_number, ticket, true),
         Cancelled::Already { code, order_number, ticket, .. } => (code, order_number, ticket, false),
     };
-    // Give the ticket back. Compare-and-release: only the claim this order
-    // holds on this ticket, so a repeat (or a retry after a failed release)
-    // can never return it twice.
+    // Give the ticket back, from the row's word: through the order's claim,
+    // or, if Redis forgot the claim, only if no claim holds the ticket and it
+    // is not free already (lua/cancel.lua), so a repeat (or a retry after a
+    // failed step) can never return it twice. If Redis is down now, the
+    // reconciler's audit gives it back (the cancel bumped codes.slot_changes).
     let holder = format!("order:{order_number}");
-    state.gate.release(&code, &holder, ticket, Release::Free, false).await?;
+    state.gate.give_back(&code, &holder, ticket).await?;
     if let Some(hints) = state.codes.hints_of(&code) {
         hints.clear_sold_out();
     }

@@ -35,12 +35,19 @@ pub async fn rebuild_if_missing(state: &AppState, code: &Code) -> Result<bool, R
 }
 
 async fn rebuild(state: &AppState, code: &Code) -> Result<bool, RebuildError> {
-    let (claims, synced) = {
+    // The limit comes from Postgres, not from `code`: the caller's copy may be
+    // a cached row older than a limit change. (A change that commits after
+    // this read is compared and repaired by the next reconciler pass.)
+    let (claims, synced, truth) = {
         let db = state.pg.get().await.map_err(StoreError::from)?;
-        (store::committed_claims(&db, code).await?, store::synced_counters(&db, code.id).await?)
+        let Some(truth) = store::gate_truth(&db, code.id).await? else {
+            return Ok(false); // the code is gone
+        };
+        (store::committed_claims(&db, code).await?, store::synced_counters(&db, code.id).await?, truth)
     };
     let (next, free) = free_tickets(&claims);
-    let installed = state.gate.install(&code.code, code.limit, next, &claims, &free, false).await?;
+    let installed =
+        state.gate.install(&code.code, truth.limit, truth.limit_version, next, &claims, &free, false).await?;
     if installed {
         // Carry the rejection counts over from the last sync, so the report keeps them.
         let seeds: Vec<(&str, u64)> = synced

@@ -48,7 +48,8 @@ pub enum Claim {
 /// What to do with a claim whose commit did not happen. See lua/release.lua.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Release {
-    /// Drop the claim and give the ticket back.
+    /// Drop the claim and give the ticket back (to the free list, or set
+    /// aside in `dropped` if it is not below the gate's limit).
     Free,
     /// The user did redeem (Postgres says so): keep the claim, give the ticket back.
     KeepClaim,
@@ -75,6 +76,18 @@ pub struct GateSnapshot {
     pub claims: i64,
     pub pending: i64,
     pub rejections: HashMap<String, i64>,
+    /// The `limit_version` the gate's limit came with (None: installed before versions).
+    pub limit_version: Option<i64>,
+    /// Tickets set aside above a lowered limit (lua/set_limit.lua).
+    pub dropped: i64,
+    /// Change marks for the ticket audit: `dirty` counts changes that may
+    /// have lost a ticket; `audited` / `audited_pg` are the marks (Redis's and
+    /// Postgres's `slot_changes`) the last completed audit started from.
+    pub dirty: i64,
+    pub audited: i64,
+    pub audited_pg: i64,
+    /// An audit sweep of this code is part-way through.
+    pub audit_in_progress: bool,
 }
 
 impl GateSnapshot {
@@ -84,12 +97,48 @@ impl GateSnapshot {
     }
 }
 
+/// What the audit reads first (see lua/audit.lua).
+#[derive(Debug, Clone)]
+pub struct AuditMarks {
+    pub limit: i64,
+    pub next: i64,
+    pub epoch: String,
+    pub moves: String,
+    pub dirty: i64,
+    /// Where a sweep of the code's tickets stopped last pass, if part-way.
+    pub audit_at: Option<i64>,
+}
+
+/// An owned ticket as the gate records it.
+#[derive(Debug, Clone)]
+pub struct OwnedTicket {
+    pub ticket: i64,
+    pub holder: String,
+    /// The ticket the holder's claim names (None: no claim; -1: committed, untracked).
+    pub claimed: Option<i64>,
+    pub pending: bool,
+}
+
+/// What one audit step asks of lua/audit.lua.
+#[derive(Debug, Default, Clone)]
+pub struct AuditPlan {
+    pub cursor_after: Option<i64>,
+    pub start_marks: Option<(i64, i64)>,
+    pub unhold: Vec<(i64, String)>,
+    pub restore: Vec<(String, i64)>,
+    pub purge: Vec<i64>,
+    pub dedupe: Vec<i64>,
+    pub free: Vec<i64>,
+}
+
 struct Keys {
     meta: String,
     claims: String,
     pending: String,
     free: String,
     stats: String,
+    dropped: String,
+    owners: String,
     base: String,
 }
 
@@ -102,6 +151,8 @@ pub struct Gate {
     release: Script,
     install: Script,
     set_limit: Script,
+    cancel: Script,
+    audit: Script,
 }
 
 impl Gate {
@@ -116,6 +167,8 @@ impl Gate {
             release: Script::new(include_str!("../../lua/release.lua")),
             install: Script::new(include_str!("../../lua/install.lua")),
             set_limit: Script::new(include_str!("../../lua/set_limit.lua")),
+            cancel: Script::new(include_str!("../../lua/cancel.lua")),
+            audit: Script::new(include_str!("../../lua/audit.lua")),
         };
         gate.load_scripts().await?;
         Ok(gate)
@@ -125,7 +178,7 @@ impl Gate {
     /// too, e.g. after a Redis restart.)
     async fn load_scripts(&self) -> Result<(), GateError> {
         let mut conn = self.conn.clone();
-        for script in [&self.claim, &self.release, &self.install, &self.set_limit] {
+        for script in [&self.claim, &self.release, &self.install, &self.set_limit, &self.cancel, &self.audit] {
             script.prepare_invoke().load_async(&mut conn).await?;
         }
         Ok(())
@@ -143,6 +196,8 @@ impl Gate {
             pending: format!("{base}:pending"),
             free: format!("{base}:free"),
             stats: format!("{base}:stats"),
+            dropped: format!("{base}:dropped"),
+            owners: format!("{base}:owners"),
             base,
         }
     }
@@ -163,6 +218,8 @@ impl Gate {
             .key(&k.pending)
             .key(&k.free)
             .key(&k.stats)
+            .key(&k.dropped)
+            .key(&k.owners)
             .arg(holder)
             .arg(self.claim_grace_ms)
             .invoke_async(&mut conn)
@@ -212,6 +269,8 @@ impl Gate {
             .key(&k.claims)
             .key(&k.pending)
             .key(&k.free)
+            .key(&k.dropped)
+            .key(&k.owners)
             .arg(holder)
             .arg(ticket)
             .arg(mode.as_arg())
@@ -270,10 +329,12 @@ impl Gate {
     /// Installs a code's state: `claims` (committed holder -> ticket) and the
     /// `free` tickets below `next`. Staged under temporary keys, then swapped
     /// in by one script; meta last. Unless `force`, existing state wins.
+    #[allow(clippy::too_many_arguments)]
     pub async fn install(
         &self,
         code: &str,
         limit: i32,
+        limit_version: i64,
         next: i32,
         claims: &[(String, i32)],
         free: &[i32],
@@ -284,10 +345,13 @@ impl Gate {
         let tag = rand::random::<u64>();
         let staged_claims = format!("{}:staged:{tag:x}:claims", k.base);
         let staged_free = format!("{}:staged:{tag:x}:free", k.base);
+        let staged_owners = format!("{}:staged:{tag:x}:owners", k.base);
         let mut conn = self.conn.clone();
         for chunk in claims.chunks(CHUNK) {
+            let owners: Vec<(i32, &str)> = chunk.iter().map(|(h, t)| (*t, h.as_str())).collect();
             let mut pipe = redis::pipe();
             pipe.hset_multiple(&staged_claims, chunk).ignore().pexpire(&staged_claims, 600_000).ignore();
+            pipe.hset_multiple(&staged_owners, &owners).ignore().pexpire(&staged_owners, 600_000).ignore();
             pipe.query_async::<()>(&mut conn).await?;
         }
         for chunk in free.chunks(CHUNK) {
@@ -301,17 +365,22 @@ impl Gate {
             .key(&k.claims)
             .key(&k.pending)
             .key(&k.free)
+            .key(&k.dropped)
+            .key(&k.owners)
             .key(&staged_claims)
             .key(&staged_free)
+            .key(&staged_owners)
             .arg(limit)
             .arg(next)
             .arg(if force { "1" } else { "0" })
+            .arg(limit_version)
+            .arg(rand::random::<u32>())
             .invoke_async(&mut conn)
             .await?;
         if installed == 1 {
             // The staged keys were renamed: their expiry must not follow them.
             let mut pipe = redis::pipe();
-            pipe.persist(&k.claims).ignore().persist(&k.free).ignore();
+            pipe.persist(&k.claims).ignore().persist(&k.free).ignore().persist(&k.owners).ignore();
             pipe.query_async::<()>(&mut conn).await?;
         }
         Ok(installed == 1)
@@ -320,25 +389,40 @@ impl Gate {
     pub async fn snapshot(&self, code: &str) -> Result<Option<GateSnapshot>, GateError> {
         let k = self.keys(code);
         let mut conn = self.conn.clone();
-        let (meta, free, claims, pending, rejections): (HashMap<String, i64>, i64, i64, i64, HashMap<String, i64>) =
-            redis::pipe()
-                .hgetall(&k.meta)
-                .llen(&k.free)
-                .hlen(&k.claims)
-                .zcard(&k.pending)
-                .hgetall(&k.stats)
-                .query_async(&mut conn)
-                .await?;
-        let Some(limit) = meta.get("limit").copied() else {
+        #[allow(clippy::type_complexity)]
+        let (meta, free, claims, pending, dropped, rejections): (
+            HashMap<String, String>,
+            i64,
+            i64,
+            i64,
+            i64,
+            HashMap<String, i64>,
+        ) = redis::pipe()
+            .hgetall(&k.meta)
+            .llen(&k.free)
+            .hlen(&k.claims)
+            .zcard(&k.pending)
+            .zcard(&k.dropped)
+            .hgetall(&k.stats)
+            .query_async(&mut conn)
+            .await?;
+        let field = |name: &str| meta.get(name).and_then(|v| v.parse::<i64>().ok());
+        let Some(limit) = field("limit") else {
             return Ok(None);
         };
         Ok(Some(GateSnapshot {
             limit,
-            next: meta.get("next").copied().unwrap_or(0),
+            next: field("next").unwrap_or(0),
             free,
             claims,
             pending,
             rejections,
+            limit_version: field("limit_version"),
+            dropped,
+            dirty: field("dirty").unwrap_or(0),
+            audited: field("audited").unwrap_or(0),
+            audited_pg: field("audited_pg").unwrap_or(0),
+            audit_in_progress: meta.contains_key("audit_at"),
         }))
     }
 
@@ -349,22 +433,179 @@ impl Gate {
             let mut pipe = redis::pipe();
             for code in chunk {
                 let k = self.keys(code);
-                pipe.del(&[&k.claims, &k.pending, &k.free]).ignore();
-                pipe.hset_multiple(&k.meta, &[("limit", limit), ("next", 0)]).ignore();
+                pipe.del(&[&k.claims, &k.pending, &k.free, &k.dropped, &k.owners, &k.meta]).ignore();
+                pipe.hset_multiple(&k.meta, &[("limit", limit), ("next", 0), ("limit_version", 0)]).ignore();
             }
             pipe.query_async::<()>(&mut conn).await?;
         }
         Ok(())
     }
 
-    /// Sets the gate's limit at once (if the code's state is loaded; otherwise
-    /// a rebuild reads it from Postgres). Tickets at or above a lowered limit
-    /// are never handed out again.
-    pub async fn set_limit(&self, code: &str, limit: i32) -> Result<(), GateError> {
+    /// Sets the gate's limit (if the code's state is loaded; otherwise a
+    /// rebuild reads it from Postgres), ordered by `version` (the Postgres
+    /// row's `limit_version`): an older one never overrides a newer one. Work
+    /// proportional to what changed (lua/set_limit.lua): a raise gives back
+    /// the tickets set aside while the limit was lower, `MOVES_PER_CALL` per
+    /// call. Returns whether this call's limit was applied.
+    pub async fn set_limit(&self, code: &str, limit: i32, version: i64) -> Result<bool, GateError> {
+        const MOVES_PER_CALL: usize = 5_000; // also under Lua's unpack() ceiling
         let k = self.keys(code);
         let mut conn = self.conn.clone();
-        self.set_limit.key(&k.meta).key(&k.claims).key(&k.free).arg(limit).invoke_async::<i64>(&mut conn).await?;
-        Ok(())
+        let mut applied = false;
+        loop {
+            let (done, left): (i64, i64) = self
+                .set_limit
+                .key(&k.meta)
+                .key(&k.free)
+                .key(&k.dropped)
+                .arg(limit)
+                .arg(version)
+                .arg(MOVES_PER_CALL)
+                .invoke_async(&mut conn)
+                .await?;
+            applied |= done == 1;
+            if left == 0 {
+                return Ok(applied);
+            }
+        }
+    }
+
+    /// Gives back the ticket of a use Postgres has just cancelled, even if
+    /// Redis forgot the claim (lua/cancel.lua). Returns whether it went back.
+    pub async fn give_back(&self, code: &str, holder: &str, ticket: i32) -> Result<bool, GateError> {
+        let k = self.keys(code);
+        let mut conn = self.conn.clone();
+        let given: i64 = self
+            .cancel
+            .key(&k.meta)
+            .key(&k.claims)
+            .key(&k.pending)
+            .key(&k.free)
+            .key(&k.dropped)
+            .key(&k.owners)
+            .arg(holder)
+            .arg(ticket)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(given > 0)
+    }
+
+    /// The audit's first read: the marks that tell whether the state moved.
+    pub async fn audit_marks(&self, code: &str) -> Result<Option<AuditMarks>, GateError> {
+        let k = self.keys(code);
+        let mut conn = self.conn.clone();
+        let v: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(&k.meta)
+            .arg(&["limit", "next", "epoch", "moves", "dirty", "audit_at"])
+            .query_async(&mut conn)
+            .await?;
+        let num = |i: usize| v.get(i).cloned().flatten().and_then(|s| s.parse::<i64>().ok());
+        let Some(limit) = num(0) else { return Ok(None) };
+        Ok(Some(AuditMarks {
+            limit,
+            next: num(1).unwrap_or(0),
+            epoch: v.get(2).cloned().flatten().unwrap_or_default(),
+            moves: v.get(3).cloned().flatten().unwrap_or_else(|| "0".into()),
+            dirty: num(4).unwrap_or(0),
+            audit_at: num(5),
+        }))
+    }
+
+    /// The whole free list, read in chunks (never one long command).
+    pub async fn free_list(&self, code: &str) -> Result<Vec<i32>, GateError> {
+        const CHUNK: isize = 10_000;
+        let k = self.keys(code);
+        let mut conn = self.conn.clone();
+        let mut out = vec![];
+        let mut at = 0isize;
+        loop {
+            let part: Vec<i32> = conn.lrange(&k.free, at, at + CHUNK - 1).await?;
+            let n = part.len() as isize;
+            out.extend(part);
+            if n < CHUNK {
+                return Ok(out);
+            }
+            at += CHUNK;
+        }
+    }
+
+    /// Owners of the tickets in `[from, to)`: (ticket, holder, the holder's
+    /// claimed ticket, whether its claim is pending).
+    pub async fn owners_in(&self, code: &str, from: i64, to: i64) -> Result<Vec<OwnedTicket>, GateError> {
+        if from >= to {
+            return Ok(vec![]);
+        }
+        let k = self.keys(code);
+        let mut conn = self.conn.clone();
+        let tickets: Vec<i64> = (from..to).collect();
+        let owners: Vec<Option<String>> =
+            redis::cmd("HMGET").arg(&k.owners).arg(&tickets).query_async(&mut conn).await?;
+        let owned: Vec<(i64, String)> =
+            tickets.into_iter().zip(owners).filter_map(|(t, h)| h.map(|h| (t, h))).collect();
+        if owned.is_empty() {
+            return Ok(vec![]);
+        }
+        let holders: Vec<&str> = owned.iter().map(|(_, h)| h.as_str()).collect();
+        let claimed: Vec<Option<String>> =
+            redis::cmd("HMGET").arg(&k.claims).arg(&holders).query_async(&mut conn).await?;
+        let pending: Vec<Option<f64>> =
+            redis::cmd("ZMSCORE").arg(&k.pending).arg(&holders).query_async(&mut conn).await?;
+        Ok(owned
+            .into_iter()
+            .zip(claimed)
+            .zip(pending)
+            .map(|(((ticket, holder), claimed), pending)| OwnedTicket {
+                ticket,
+                claimed: claimed.and_then(|c| c.parse().ok()),
+                holder,
+                pending: pending.is_some(),
+            })
+            .collect())
+    }
+
+    /// Whether each holder has a claim (of any ticket, -1 included).
+    pub async fn claims_of(&self, code: &str, holders: &[String]) -> Result<Vec<Option<i64>>, GateError> {
+        if holders.is_empty() {
+            return Ok(vec![]);
+        }
+        let k = self.keys(code);
+        let mut conn = self.conn.clone();
+        let claimed: Vec<Option<String>> =
+            redis::cmd("HMGET").arg(&k.claims).arg(holders).query_async(&mut conn).await?;
+        Ok(claimed.into_iter().map(|c| c.and_then(|c| c.parse().ok())).collect())
+    }
+
+    /// The audit's last step (lua/audit.lua). `None`: the state moved since
+    /// `marks` were read; nothing was done.
+    pub async fn audit_apply(
+        &self,
+        code: &str,
+        marks: &AuditMarks,
+        plan: &AuditPlan,
+    ) -> Result<Option<(i64, i64)>, GateError> {
+        let k = self.keys(code);
+        let mut conn = self.conn.clone();
+        let mut inv = self.audit.prepare_invoke();
+        inv.key(&k.meta).key(&k.claims).key(&k.pending).key(&k.free).key(&k.dropped).key(&k.owners);
+        inv.arg(&marks.epoch).arg(&marks.moves);
+        inv.arg(plan.cursor_after.map(|c| c.to_string()).unwrap_or_default());
+        inv.arg(plan.start_marks.map(|(d, p)| format!("{d}:{p}")).unwrap_or_default());
+        inv.arg(plan.unhold.len());
+        for (t, h) in &plan.unhold {
+            inv.arg(t).arg(h);
+        }
+        inv.arg(plan.restore.len());
+        for (h, t) in &plan.restore {
+            inv.arg(h).arg(t);
+        }
+        inv.arg(plan.purge.len()).arg(&plan.purge);
+        inv.arg(plan.dedupe.len()).arg(&plan.dedupe);
+        inv.arg(plan.free.len()).arg(&plan.free);
+        let reply: Vec<i64> = inv.invoke_async(&mut conn).await?;
+        Ok(match reply.as_slice() {
+            [1, freed, fixed] => Some((*freed, *fixed)),
+            _ => None,
+        })
     }
 
     /// Adds rejection counts counted in-process.

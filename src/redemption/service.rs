@@ -29,7 +29,8 @@ pub enum Commit<T> {
     AlreadyHeld,
     /// Postgres holds this ticket already (Redis lost state): drop it; the caller may retry.
     TicketTaken,
-    /// The ticket is not below the code's limit any more (it was lowered): drop it.
+    /// The ticket is not below the code's limit any more (it was lowered): give
+    /// it back (the gate sets it aside until a raise).
     TicketOutOfRange,
     /// Refused for the holder's own reason (unknown user, per-user limit): free the ticket.
     Refused(ApiError),
@@ -138,12 +139,14 @@ where
             tracing::warn!(code = name, ticket, "gate handed out a committed ticket");
             (Release::Discard, ApiError::TryAgain("please try again"))
         }
-        Ok(Commit::TicketOutOfRange) => (Release::Discard, ApiError::SoldOut),
+        // Not below Postgres's limit: given back all the same (the gate sets it
+        // aside above its own limit, and a raise returns it), never dropped.
+        Ok(Commit::TicketOutOfRange) => (Release::Free, ApiError::SoldOut),
         Ok(Commit::Refused(e)) => (Release::Free, e),
         Err(e) => (Release::Free, ApiError::from(e)),
     };
     match state.gate.release(name, holder, ticket, release, false).await {
-        Ok(_) if release != Release::Discard => code.hints.clear_sold_out(),
+        Ok(_) if release != Release::Discard && !matches!(answer, ApiError::SoldOut) => code.hints.clear_sold_out(),
         Ok(_) => {}
         // The claim stays pending; the reconciler releases it after the grace period.
         Err(e) => tracing::warn!(code = name, ticket, error = %e, "release failed; left to the reconciler"),

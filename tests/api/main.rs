@@ -14,6 +14,7 @@ mod openapi;
 mod operations;
 mod reconciler;
 mod redemption;
+mod slots;
 mod tokens;
 mod vouchers;
 mod wallet;
