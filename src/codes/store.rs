@@ -10,7 +10,7 @@ use super::model::{Code, CodeKind, CodeName, CodeStatus};
 use crate::db::StoreError;
 
 const CODE_COLUMNS: &str = "id, code, kind, amount, redemption_limit, per_user_limit, starts_at, ends_at, \
-                            status, time_zone, reward, rules, batch, created_at";
+                            status, time_zone, reward, rules, batch, created_at, control_rev";
 
 fn code_from_row(row: &Row) -> Code {
     Code {
@@ -28,6 +28,7 @@ fn code_from_row(row: &Row) -> Code {
         rules: row.get(11),
         batch: row.get(12),
         created_at: row.get(13),
+        control_rev: row.get(14),
     }
 }
 
@@ -77,6 +78,19 @@ pub async fn insert_code(db: &impl GenericClient, new: &NewCode<'_>) -> Result<O
 pub async fn find_by_name(db: &impl GenericClient, name: &str) -> Result<Option<Code>, StoreError> {
     let stmt = db.prepare_cached(&format!("SELECT {CODE_COLUMNS} FROM codes WHERE code = $1")).await?;
     Ok(db.query_opt(&stmt, &[&name]).await?.as_ref().map(code_from_row))
+}
+
+/// Codes changed (status, window, limit...) in the last `seconds`, by the
+/// database's clock: the reconciler re-asserts their controls in the gate,
+/// whatever their status now. At most `max`, most recent first.
+pub async fn codes_changed_within(db: &impl GenericClient, seconds: f64, max: i64) -> Result<Vec<Code>, StoreError> {
+    let stmt = db
+        .prepare_cached(&format!(
+            "SELECT {CODE_COLUMNS} FROM codes WHERE updated_at >= now() - make_interval(secs => $1)
+             ORDER BY updated_at DESC LIMIT $2"
+        ))
+        .await?;
+    Ok(db.query(&stmt, &[&seconds, &max]).await?.iter().map(code_from_row).collect())
 }
 
 /// Codes the reconciler looks after: active, and not ended more than a day ago.
@@ -263,6 +277,8 @@ pub async fn change_code(
             ends_at = CASE WHEN $6 THEN $7 ELSE ends_at END,
             status = coalesce($8, status),
             rules = coalesce($9, rules),
+            -- After the row lock: a later change always gets a larger number.
+            control_rev = txid_current(),
             updated_at = now()
          WHERE id = $1 RETURNING {CODE_COLUMNS}"
     );

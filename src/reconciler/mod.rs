@@ -5,6 +5,7 @@
 //! `RECONCILE_INTERVAL_SECONDS` (one gateway at a time, via a Redis lock), and
 //! by hand with `redeem-gateway reconcile`.
 
+pub mod controls;
 pub mod rebuild;
 pub mod sweep;
 pub mod sync;
@@ -28,6 +29,8 @@ pub struct RunStats {
     pub codes_rebuilt: usize,
     pub claims_released: usize,
     pub claims_confirmed: usize,
+    /// Codes whose status or window in the gate disagreed with Postgres.
+    pub controls_repaired: usize,
     pub errors: usize,
 }
 
@@ -40,6 +43,17 @@ pub async fn run_once(state: &Arc<AppState>) -> Result<RunStats, StoreError> {
         codes_store::active_codes(&db).await?
     };
     let mut stats = RunStats { codes_checked: codes.len(), ..Default::default() };
+    if let Err(e) = purge_idempotency_keys(state).await {
+        stats.errors += 1;
+        tracing::warn!(error = %e, "expired idempotency keys not purged");
+    }
+    match controls::reassert_controls(state).await {
+        Ok(n) => stats.controls_repaired = n,
+        Err(e) => {
+            stats.errors += 1;
+            tracing::warn!(error = %e, "gate controls not re-asserted");
+        }
+    }
     for code in &codes {
         match rebuild::rebuild_if_missing(state, code).await {
             Ok(true) => stats.codes_rebuilt += 1,
@@ -70,7 +84,9 @@ pub async fn run_once(state: &Arc<AppState>) -> Result<RunStats, StoreError> {
     metrics::counter!(RECONCILER_CONFIRMED).increment(stats.claims_confirmed as u64);
     metrics::counter!(RECONCILER_REBUILDS).increment(stats.codes_rebuilt as u64);
     metrics::histogram!(RECONCILER_DURATION).record(started.elapsed().as_secs_f64());
-    let eventful = stats.codes_rebuilt + stats.claims_released + stats.claims_confirmed + stats.errors > 0;
+    let eventful =
+        stats.codes_rebuilt + stats.claims_released + stats.claims_confirmed + stats.controls_repaired + stats.errors
+            > 0;
     // Quiet runs every few seconds would drown the log: they go to debug.
     macro_rules! report {
         ($level:expr) => {
@@ -80,6 +96,7 @@ pub async fn run_once(state: &Arc<AppState>) -> Result<RunStats, StoreError> {
                 codes_rebuilt = stats.codes_rebuilt,
                 claims_released = stats.claims_released,
                 claims_confirmed = stats.claims_confirmed,
+                controls_repaired = stats.controls_repaired,
                 errors = stats.errors,
                 duration_ms = started.elapsed().as_millis() as u64,
                 "reconciler run"
@@ -92,6 +109,18 @@ pub async fn run_once(state: &Arc<AppState>) -> Result<RunStats, StoreError> {
         report!(tracing::Level::DEBUG);
     }
     Ok(stats)
+}
+
+/// Idempotency keys are kept 24 hours; a pass deletes at most this many expired ones.
+const MAX_KEYS_PURGED: i64 = 10_000;
+
+async fn purge_idempotency_keys(state: &AppState) -> Result<(), StoreError> {
+    let db = state.pg.get().await?;
+    let purged = crate::idempotency::store::purge_expired(&db, MAX_KEYS_PURGED).await?;
+    if purged > 0 {
+        tracing::info!(purged, "expired idempotency keys purged");
+    }
+    Ok(())
 }
 
 /// A run guarded twice: never two at once in this process (the scheduler

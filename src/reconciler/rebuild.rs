@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::codes::{store, Code};
 use crate::db::StoreError;
-use crate::redemption::gate::GateError;
+use crate::redemption::gate::{Controls, GateError};
 use crate::startup::AppState;
 
 #[derive(Debug, thiserror::Error)]
@@ -35,12 +35,25 @@ pub async fn rebuild_if_missing(state: &AppState, code: &Code) -> Result<bool, R
 }
 
 async fn rebuild(state: &AppState, code: &Code) -> Result<bool, RebuildError> {
-    let (claims, synced) = {
+    let (claims, synced, fresh) = {
         let db = state.pg.get().await.map_err(StoreError::from)?;
-        (store::committed_claims(&db, code).await?, store::synced_counters(&db, code.id).await?)
+        // The controls come from the row as it is now, not from the caller's
+        // (possibly cached) copy: a rebuild must not resurrect a paused code.
+        let fresh = store::find_by_name(&db, &code.code).await?;
+        (store::committed_claims(&db, code).await?, store::synced_counters(&db, code.id).await?, fresh)
     };
+    let Some(fresh) = fresh else { return Ok(false) };
     let (next, free) = free_tickets(&claims);
-    let installed = state.gate.install(&code.code, code.limit, next, &claims, &free, false).await?;
+    let installed =
+        state.gate.install(&code.code, code.limit, next, &claims, &free, false, &Controls::of(&fresh)).await?;
+    if installed {
+        // A change that committed while we were building found no state to
+        // write into: read the controls once more (set_status keeps the newer).
+        let db = state.pg.get().await.map_err(StoreError::from)?;
+        if let Some(now) = store::find_by_name(&db, &code.code).await? {
+            state.gate.set_status(&code.code, &Controls::of(&now)).await?;
+        }
+    }
     if installed {
         // Carry the rejection counts over from the last sync, so the report keeps them.
         let seeds: Vec<(&str, u64)> = synced

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 
+use crate::codes::{Code, NotNow};
 use crate::config::Config;
 use crate::error::ApiError;
 
@@ -43,6 +44,33 @@ pub enum Claim {
     SoldOut,
     /// Redis has no state for the code (flushed or restarted): rebuild first.
     StateMissing,
+    /// The operator's controls say no (paused, ended, outside the window):
+    /// nothing was taken.
+    NotNow(NotNow),
+}
+
+/// A code's operator controls as the gate keeps them (see lua/set_status.lua).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Controls {
+    pub status: &'static str,
+    pub starts_ms: Option<i64>,
+    pub ends_ms: Option<i64>,
+    pub rev: i64,
+}
+
+impl Controls {
+    pub fn of(code: &Code) -> Self {
+        Controls {
+            status: code.status.as_str(),
+            starts_ms: code.starts_at.map(|t| t.timestamp_millis()),
+            ends_ms: code.ends_at.map(|t| t.timestamp_millis()),
+            rev: code.control_rev,
+        }
+    }
+
+    fn bound(ms: Option<i64>) -> String {
+        ms.map(|m| m.to_string()).unwrap_or_default()
+    }
 }
 
 /// What to do with a claim whose commit did not happen. See lua/release.lua.
@@ -102,6 +130,7 @@ pub struct Gate {
     release: Script,
     install: Script,
     set_limit: Script,
+    set_status: Script,
 }
 
 impl Gate {
@@ -116,6 +145,7 @@ impl Gate {
             release: Script::new(include_str!("../../lua/release.lua")),
             install: Script::new(include_str!("../../lua/install.lua")),
             set_limit: Script::new(include_str!("../../lua/set_limit.lua")),
+            set_status: Script::new(include_str!("../../lua/set_status.lua")),
         };
         gate.load_scripts().await?;
         Ok(gate)
@@ -125,7 +155,7 @@ impl Gate {
     /// too, e.g. after a Redis restart.)
     async fn load_scripts(&self) -> Result<(), GateError> {
         let mut conn = self.conn.clone();
-        for script in [&self.claim, &self.release, &self.install, &self.set_limit] {
+        for script in [&self.claim, &self.release, &self.install, &self.set_limit, &self.set_status] {
             script.prepare_invoke().load_async(&mut conn).await?;
         }
         Ok(())
@@ -172,6 +202,10 @@ impl Gate {
             [2] => Claim::AlreadyClaimed,
             [5, ticket] => Claim::Abandoned { ticket: *ticket as i32 },
             [3] => Claim::SoldOut,
+            [6, 1] => Claim::NotNow(NotNow::Paused),
+            [6, 2] => Claim::NotNow(NotNow::Ended),
+            [6, 3] => Claim::NotNow(NotNow::NotStarted),
+            [6, 4] => Claim::NotNow(NotNow::Expired),
             _ => Claim::StateMissing,
         })
     }
@@ -268,8 +302,10 @@ impl Gate {
     }
 
     /// Installs a code's state: `claims` (committed holder -> ticket) and the
-    /// `free` tickets below `next`. Staged under temporary keys, then swapped
-    /// in by one script; meta last. Unless `force`, existing state wins.
+    /// `free` tickets below `next`, with the operator's `controls`. Staged
+    /// under temporary keys, then swapped in by one script; meta last. Unless
+    /// `force`, existing state wins.
+    #[allow(clippy::too_many_arguments)]
     pub async fn install(
         &self,
         code: &str,
@@ -278,6 +314,7 @@ impl Gate {
         claims: &[(String, i32)],
         free: &[i32],
         force: bool,
+        controls: &Controls,
     ) -> Result<bool, GateError> {
         const CHUNK: usize = 5_000;
         let k = self.keys(code);
@@ -306,6 +343,10 @@ impl Gate {
             .arg(limit)
             .arg(next)
             .arg(if force { "1" } else { "0" })
+            .arg(controls.status)
+            .arg(Controls::bound(controls.starts_ms))
+            .arg(Controls::bound(controls.ends_ms))
+            .arg(controls.rev)
             .invoke_async(&mut conn)
             .await?;
         if installed == 1 {
@@ -320,37 +361,48 @@ impl Gate {
     pub async fn snapshot(&self, code: &str) -> Result<Option<GateSnapshot>, GateError> {
         let k = self.keys(code);
         let mut conn = self.conn.clone();
-        let (meta, free, claims, pending, rejections): (HashMap<String, i64>, i64, i64, i64, HashMap<String, i64>) =
-            redis::pipe()
-                .hgetall(&k.meta)
-                .llen(&k.free)
-                .hlen(&k.claims)
-                .zcard(&k.pending)
-                .hgetall(&k.stats)
-                .query_async(&mut conn)
-                .await?;
-        let Some(limit) = meta.get("limit").copied() else {
+        // Only the numeric fields: meta also holds the operator's controls.
+        let ((limit, next), free, claims, pending, rejections): (
+            (Option<i64>, Option<i64>),
+            i64,
+            i64,
+            i64,
+            HashMap<String, i64>,
+        ) = redis::pipe()
+            .cmd("HMGET")
+            .arg(&k.meta)
+            .arg("limit")
+            .arg("next")
+            .llen(&k.free)
+            .hlen(&k.claims)
+            .zcard(&k.pending)
+            .hgetall(&k.stats)
+            .query_async(&mut conn)
+            .await?;
+        let Some(limit) = limit else {
             return Ok(None);
         };
-        Ok(Some(GateSnapshot {
-            limit,
-            next: meta.get("next").copied().unwrap_or(0),
-            free,
-            claims,
-            pending,
-            rejections,
-        }))
+        Ok(Some(GateSnapshot { limit, next: next.unwrap_or(0), free, claims, pending, rejections }))
     }
 
     /// Installs empty state for brand-new codes (bulk creation), pipelined.
-    pub async fn install_fresh(&self, codes: &[String], limit: i32) -> Result<(), GateError> {
+    pub async fn install_fresh(&self, codes: &[String], limit: i32, controls: &Controls) -> Result<(), GateError> {
         let mut conn = self.conn.clone();
         for chunk in codes.chunks(1_000) {
             let mut pipe = redis::pipe();
             for code in chunk {
                 let k = self.keys(code);
-                pipe.del(&[&k.claims, &k.pending, &k.free]).ignore();
-                pipe.hset_multiple(&k.meta, &[("limit", limit), ("next", 0)]).ignore();
+                pipe.del(&[&k.claims, &k.pending, &k.free, &k.meta]).ignore();
+                pipe.hset_multiple(&k.meta, &[("limit", limit.to_string()), ("next", "0".to_string())]).ignore();
+                let mut fields =
+                    vec![("status", controls.status.to_string()), ("status_rev", controls.rev.to_string())];
+                if let Some(s) = controls.starts_ms {
+                    fields.push(("starts_ms", s.to_string()));
+                }
+                if let Some(e) = controls.ends_ms {
+                    fields.push(("ends_ms", e.to_string()));
+                }
+                pipe.hset_multiple(&k.meta, &fields).ignore();
             }
             pipe.query_async::<()>(&mut conn).await?;
         }
@@ -365,6 +417,32 @@ impl Gate {
         let mut conn = self.conn.clone();
         self.set_limit.key(&k.meta).key(&k.claims).key(&k.free).arg(limit).invoke_async::<i64>(&mut conn).await?;
         Ok(())
+    }
+
+    /// Writes the operator's controls into the code's state, unless a later
+    /// change is there already (lua/set_status.lua). Returns whether it wrote;
+    /// a code without state gets them at its rebuild.
+    pub async fn set_status(&self, code: &str, controls: &Controls) -> Result<bool, GateError> {
+        let k = self.keys(code);
+        let mut conn = self.conn.clone();
+        let written: i64 = self
+            .set_status
+            .key(&k.meta)
+            .arg(controls.status)
+            .arg(Controls::bound(controls.starts_ms))
+            .arg(Controls::bound(controls.ends_ms))
+            .arg(controls.rev)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(written == 1)
+    }
+
+    /// The controls the gate holds for `code` (status, or None without state).
+    pub async fn status_of(&self, code: &str) -> Result<Option<String>, GateError> {
+        let mut conn = self.conn.clone();
+        let (limit, status): (Option<i64>, Option<String>) =
+            redis::cmd("HMGET").arg(self.keys(code).meta).arg("limit").arg("status").query_async(&mut conn).await?;
+        Ok(limit.map(|_| status.unwrap_or_else(|| "active".into())))
     }
 
     /// Adds rejection counts counted in-process.
