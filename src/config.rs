@@ -383,8 +383,9 @@ mod tests {
         let c = config_with(&[]).map(|c| c.rate_limits).ok();
         let expected = RateLimits {
             enabled: true,
-            login: Limit::per_minute(10),
+            login: Limit::per_hour(10),
             login_address: Limit::per_minute(600),
+            login_failures: Limit::per_hour(100),
             register: Limit::per_hour(600),
             code: Limit::per_minute(60),
             failed_code: Limit::per_hour(20),

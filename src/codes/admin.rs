@@ -238,7 +238,7 @@ pub async fn change_code(pg: &Pool, gate: &Gate, code: &Code, change: ChangeCode
     };
     let mut db = pg.get().await.map_err(StoreError::from)?;
     let changed = match store::change_code(&mut db, code, &store_change).await? {
-        ChangeOutcome::Changed(c) => c,
+        ChangeOutcome::Changed(c) => *c,
         ChangeOutcome::LimitBelowUse { highest_ticket } => {
             return Err(invalid(format!(
                 "limit must stay above the highest slot in use ({highest_ticket}); it can go down to {}",

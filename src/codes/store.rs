@@ -243,7 +243,7 @@ pub struct CodeChange {
 
 #[derive(Debug)]
 pub enum ChangeOutcome {
-    Changed(Code),
+    Changed(Box<Code>),
     /// The limit would fall to or below a ticket in use.
     LimitBelowUse {
         highest_ticket: i32,
@@ -305,7 +305,7 @@ pub async fn change_code(
         Err(e) => return Err(e.into()),
     };
     tx.commit().await?;
-    Ok(ChangeOutcome::Changed(code_from_row(&row)))
+    Ok(ChangeOutcome::Changed(Box::new(code_from_row(&row))))
 }
 
 pub struct BulkSpec<'a> {

@@ -112,6 +112,9 @@ impl GateSnapshot {
     }
 }
 
+/// (limit, next) from meta; lengths of free, claims, pending; the stats.
+type SnapshotReply = ((Option<i64>, Option<i64>), i64, i64, i64, HashMap<String, i64>);
+
 struct Keys {
     meta: String,
     claims: String,
@@ -362,13 +365,7 @@ impl Gate {
         let k = self.keys(code);
         let mut conn = self.conn.clone();
         // Only the numeric fields: meta also holds the operator's controls.
-        let ((limit, next), free, claims, pending, rejections): (
-            (Option<i64>, Option<i64>),
-            i64,
-            i64,
-            i64,
-            HashMap<String, i64>,
-        ) = redis::pipe()
+        let ((limit, next), free, claims, pending, rejections): SnapshotReply = redis::pipe()
             .cmd("HMGET")
             .arg(&k.meta)
             .arg("limit")

@@ -156,7 +156,7 @@ async fn no_use_commits_after_a_pause_has_committed_under_a_burst_on_two_gateway
     let (paused_at, last_commit): (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) =
         (row.get(0), row.get(1));
     let (after_pause, committed): (i64, i64) = (row.get(2), row.get(3));
-    let answers = answers.lock().unwrap();
+    let answers = std::mem::take(&mut *answers.lock().unwrap());
     let ok_after_answer = answers.iter().filter(|a| a.status == 200 && a.at > answered).count();
     let refused_after = answers.iter().filter(|a| a.status == 422 && a.at > answered).count();
     eprintln!(
