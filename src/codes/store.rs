@@ -82,11 +82,14 @@ pub async fn find_by_name(db: &impl GenericClient, name: &str) -> Result<Option<
 
 /// Codes changed (status, window, limit...) in the last `seconds`, by the
 /// database's clock: the reconciler re-asserts their controls in the gate,
-/// whatever their status now. At most `max`, most recent first.
+/// whatever their status now. At most `max`, most recent first. Codes never
+/// changed since their creation are left out: creation installs their
+/// controls (a bulk creation of 100,000 codes costs the reconciler nothing).
 pub async fn codes_changed_within(db: &impl GenericClient, seconds: f64, max: i64) -> Result<Vec<Code>, StoreError> {
     let stmt = db
         .prepare_cached(&format!(
-            "SELECT {CODE_COLUMNS} FROM codes WHERE updated_at >= now() - make_interval(secs => $1)
+            "SELECT {CODE_COLUMNS} FROM codes
+             WHERE updated_at >= now() - make_interval(secs => $1) AND updated_at > created_at
              ORDER BY updated_at DESC LIMIT $2"
         ))
         .await?;
@@ -254,7 +257,11 @@ pub enum ChangeOutcome {
 
 /// Applies `change` in one transaction. The code's row is locked FOR UPDATE
 /// first: that waits for commits in flight (they hold FOR KEY SHARE on it)
-/// and makes later ones see the new limit, so a lowered limit is exact.
+/// and makes later ones see the new limit, so a lowered limit is exact; and
+/// the same for a pause, an end or a window: no use commits after this
+/// transaction has (see migrations/V4). The lock must be FOR UPDATE: the
+/// UPDATE alone takes FOR NO KEY UPDATE, which does not conflict with the
+/// commits' FOR KEY SHARE.
 pub async fn change_code(
     client: &mut deadpool_postgres::Client,
     code: &Code,

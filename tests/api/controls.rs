@@ -155,3 +155,60 @@ async fn wait_for_lock_waiters(app: &TestApp, n: i64) {
     }
     panic!("{n} lock waiters never showed up");
 }
+
+async fn gate_status(app: &TestApp, code: &str) -> Option<String> {
+    let mut redis = app.redis().await;
+    redis::cmd("HGET").arg(app.key(code, "meta")).arg("status").query_async(&mut redis).await.unwrap()
+}
+
+#[tokio::test]
+async fn the_reconciler_repairs_a_gate_that_missed_a_pause() {
+    let app = spawn_app().await;
+    app.create_code("MISSED", 100, 10).await;
+    let admin = app.admin_token();
+    assert_eq!(app.post("/admin/codes/MISSED/pause", json!({}), Some(&admin)).await.status, 200);
+    assert_eq!(gate_status(&app, "MISSED").await.as_deref(), Some("paused"), "the pause wrote the gate");
+    // As if Redis had missed that write (down at the time).
+    let mut redis = app.redis().await;
+    redis::cmd("HSET")
+        .arg(app.key("MISSED", "meta"))
+        .arg("status")
+        .arg("active")
+        .arg("status_rev")
+        .arg(0)
+        .query_async::<()>(&mut redis)
+        .await
+        .unwrap();
+    redeem_gateway::reconciler::run_once(&app.state).await.unwrap();
+    assert_eq!(gate_status(&app, "MISSED").await.as_deref(), Some("paused"), "re-asserted from Postgres");
+    // A resume then goes through (a later change: a larger control_rev).
+    assert_eq!(app.post("/admin/codes/MISSED/resume", json!({}), Some(&admin)).await.status, 200);
+    assert_eq!(gate_status(&app, "MISSED").await.as_deref(), Some("active"));
+    let (_, token) = app.create_users(1).await.remove(0);
+    assert_eq!(app.use_code(&token, "MISSED").await.status, 200);
+}
+
+#[tokio::test]
+async fn a_rebuild_takes_the_controls_from_postgres_not_from_a_cached_copy() {
+    let app = spawn_app().await;
+    app.create_code("REBUILT", 100, 10).await;
+    let users = app.create_users(2).await;
+    // The gateway caches the code as active.
+    assert_eq!(app.use_code(&users[0].1, "REBUILT").await.status, 200);
+    // Paused behind its back, then Redis loses the code's state.
+    behind_the_back(&app, "UPDATE codes SET status = 'paused', updated_at = now() WHERE code = $1", "REBUILT").await;
+    app.wipe_redis().await;
+    // The claim finds no state: 503, and a rebuild from the cached (active) copy is asked for.
+    assert_eq!(app.use_code(&users[1].1, "REBUILT").await.status, 503);
+    let mut status = None;
+    for _ in 0..50 {
+        status = gate_status(&app, "REBUILT").await;
+        if status.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status.as_deref(), Some("paused"), "the rebuild read the row as it is now");
+    let res = app.use_code(&users[1].1, "REBUILT").await;
+    assert_eq!((res.status.as_u16(), res.body["error"]["message"].as_str()), (422, Some("this code is paused")));
+}
