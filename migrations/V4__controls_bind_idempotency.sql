@@ -19,7 +19,11 @@ DECLARE
     why TEXT;
 BEGIN
     SELECT redemption_limit, status, starts_at, ends_at INTO c FROM codes WHERE id = NEW.code_id FOR KEY SHARE;
-    IF NOT FOUND OR NEW.ticket >= c.redemption_limit THEN
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'ticket % is not below the limit of code %: no such code', NEW.ticket, NEW.code_id
+            USING ERRCODE = 'check_violation', CONSTRAINT = TG_TABLE_NAME || '_ticket_below_limit';
+    END IF;
+    IF NEW.ticket >= c.redemption_limit THEN
         RAISE EXCEPTION 'ticket % is not below the limit % of code %', NEW.ticket, c.redemption_limit, NEW.code_id
             USING ERRCODE = 'check_violation', CONSTRAINT = TG_TABLE_NAME || '_ticket_below_limit';
     END IF;
