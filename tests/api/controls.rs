@@ -212,3 +212,21 @@ async fn a_rebuild_takes_the_controls_from_postgres_not_from_a_cached_copy() {
     let res = app.use_code(&users[1].1, "REBUILT").await;
     assert_eq!((res.status.as_u16(), res.body["error"]["message"].as_str()), (422, Some("this code is paused")));
 }
+
+#[tokio::test]
+async fn a_slow_writer_with_an_older_change_cannot_undo_a_pause() {
+    use redeem_gateway::redemption::gate::Controls;
+    let app = spawn_app().await;
+    app.create_code("ORDERED", 100, 10).await;
+    let admin = app.admin_token();
+    assert_eq!(app.post("/admin/codes/ORDERED/pause", json!({}), Some(&admin)).await.status, 200);
+    let paused_rev = app.query_i64("SELECT control_rev FROM codes WHERE code = 'ORDERED'", &[]).await;
+    assert!(paused_rev > 0);
+    // A writer that read the row before the pause (say, a reconciler pass).
+    let stale = Controls { status: "active", starts_ms: None, ends_ms: None, rev: paused_rev - 1 };
+    assert!(!app.state.gate.set_status("ORDERED", &stale).await.unwrap(), "an older change is not written");
+    assert_eq!(gate_status(&app, "ORDERED").await.as_deref(), Some("paused"));
+    let (_, token) = app.create_users(1).await.remove(0);
+    let res = app.use_code(&token, "ORDERED").await;
+    assert_eq!((res.status.as_u16(), res.body["error"]["message"].as_str()), (422, Some("this code is paused")));
+}
