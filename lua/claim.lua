@@ -1,7 +1,10 @@
 -- claim.lua: admit one user to one code, or say why not. One atomic step.
 --
--- KEYS[1] meta     hash  {limit, next, ...}: next = first ticket never handed out
---                        (the other fields: see install.lua and audit.lua)
+-- KEYS[1] meta     hash  {limit, next, ...}: next = first ticket never handed out;
+--                        {status, starts_ms, ends_ms, status_rev}: the operator's
+--                        controls, written by set_status.lua / install.lua
+--                        (absent: active, no bound); the other fields: see
+--                        install.lua and audit.lua
 -- KEYS[2] claims   hash  holder -> ticket (pending or committed; -1: committed,
 --                        ticket not tracked here, see release.lua 'keep')
 -- KEYS[3] pending  zset  holder -> claim time (ms); removed once committed
@@ -18,6 +21,8 @@
 --       | {4} state missing (Redis lost it; the caller answers 503 and rebuilds)
 --       | {5, ticket} this user's claim has been pending past the grace period
 --         (its gateway probably died): the caller settles it against Postgres
+--       | {6, reason} the code is paused / ended / not started / expired
+--         (1 / 2 / 3 / 4), by Redis's clock: nothing taken
 --
 -- Invariant: every ticket handed out is in [0, limit) and held by at most one
 -- holder at a time; a holder holds at most one ticket per code; claims and
@@ -34,6 +39,15 @@ if not limit then
 end
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+
+-- The operator's controls bind here on every gateway at once, whatever a
+-- gateway's cache still believes (the commit checks them again, by the
+-- database's clock).
+local control = redis.call('HMGET', meta, 'status', 'starts_ms', 'ends_ms')
+if control[1] == 'paused' then return {6, 1} end
+if control[1] == 'ended' then return {6, 2} end
+if control[2] and now_ms < tonumber(control[2]) then return {6, 3} end
+if control[3] and now_ms >= tonumber(control[3]) then return {6, 4} end
 
 local held = redis.call('HGET', claims, user)
 if held then

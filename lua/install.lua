@@ -6,6 +6,8 @@
 --         (filled by the caller beforehand)
 -- ARGV[1] limit, ARGV[2] next, ARGV[3] '1' = replace live state even if present,
 -- ARGV[4] limit version (codes.limit_version), ARGV[5] a fresh random epoch
+-- ARGV[6] status, ARGV[7] starts_ms or '', ARGV[8] ends_ms or '', ARGV[9] status_rev
+--         (the operator's controls, read from Postgres with the limit; see set_status.lua)
 --
 -- Returns 1 if installed, 0 if live state was already there (another gateway
 -- won the race; the staged keys are dropped).
@@ -26,8 +28,15 @@ redis.call('DEL', claims, pending, free, dropped, owners)
 if redis.call('EXISTS', staged_claims) == 1 then redis.call('RENAME', staged_claims, claims) end
 if redis.call('EXISTS', staged_free) == 1 then redis.call('RENAME', staged_free, free) end
 if redis.call('EXISTS', staged_owners) == 1 then redis.call('RENAME', staged_owners, owners) end
+-- meta is not deleted (its counters `moves` and `dirty` order the audit), so
+-- controls absent from this install are cleared, not inherited.
 redis.call('HSET', meta, 'limit', limit, 'next', nxt, 'limit_version', version, 'epoch', epoch)
-redis.call('HDEL', meta, 'audit_at')
+redis.call('HDEL', meta, 'audit_at', 'status', 'starts_ms', 'ends_ms', 'status_rev')
+if ARGV[6] and ARGV[6] ~= '' then
+  redis.call('HSET', meta, 'status', ARGV[6], 'status_rev', ARGV[9] or '0')
+  if ARGV[7] ~= '' then redis.call('HSET', meta, 'starts_ms', ARGV[7]) end
+  if ARGV[8] ~= '' then redis.call('HSET', meta, 'ends_ms', ARGV[8]) end
+end
 redis.call('HINCRBY', meta, 'moves', 1)
 redis.call('HINCRBY', meta, 'dirty', 1)
 return 1

@@ -5,7 +5,8 @@
 -- ARGV[1] emission interval (ms): one request's worth of refill (period / burst)
 -- ARGV[2] burst: requests allowed back to back on a full bucket (>= 1)
 -- ARGV[3] cost: 0 = peek (would one more request pass? nothing is recorded),
---               n >= 1 = take n requests' worth if they fit
+--               n >= 1 = take n requests' worth if they fit,
+--               n <= -1 = give n requests' worth back (a login that succeeded)
 -- ARGV[4] '1' = force: record the cost even when it does not fit (for events
 --               that already happened, e.g. a failed code lookup); the TAT is
 --               then capped at now + 2 * burst * interval
@@ -30,6 +31,17 @@ local tolerance = interval * burst
 local tat = tonumber(redis.call('GET', key) or now)
 if tat < now then
   tat = now
+end
+
+if cost < 0 then
+  -- Never below now: a refund cannot build credit beyond a full bucket.
+  local back = math.max(now, tat + interval * cost)
+  if back <= now then
+    redis.call('DEL', key)
+  else
+    redis.call('SET', key, string.format('%d', back), 'PX', math.max(1, back - now))
+  end
+  return {1, 0, math.max(0, math.floor((tolerance - (back - now)) / interval))}
 end
 
 local function store(new_tat)

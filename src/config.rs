@@ -107,11 +107,16 @@ impl Limit {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimits {
     pub enabled: bool,
-    /// Login attempts, per username (password guessing on one account).
+    /// Login attempts, per (username, client address): one address guessing
+    /// one account. A successful login gives its attempt back, so only
+    /// failures use it up; a guesser elsewhere never touches the owner's.
     pub login: Limit,
     /// Login attempts, per client address. Generous: mobile carriers put
     /// thousands of users behind one address.
     pub login_address: Limit,
+    /// Failed logins per username, from anywhere (ASVS 2.2.1: at most 100 an
+    /// hour). Past it, logins for the username are slowed down, never refused.
+    pub login_failures: Limit,
     /// Registrations, per client address.
     pub register: Limit,
     /// Code redemption attempts, per user.
@@ -205,8 +210,9 @@ impl Config {
             log_format,
             rate_limits: RateLimits {
                 enabled: vars.parse("RATE_LIMIT_ENABLED", true)?,
-                login: Limit::per_minute(vars.parse("RATE_LOGIN_PER_MINUTE", 10)?),
+                login: Limit::per_hour(vars.parse("RATE_LOGIN_PER_USERNAME_ADDRESS_PER_HOUR", 10)?),
                 login_address: Limit::per_minute(vars.parse("RATE_LOGIN_PER_ADDRESS_PER_MINUTE", 600)?),
+                login_failures: Limit::per_hour(vars.parse("RATE_LOGIN_FAILURES_PER_USERNAME_PER_HOUR", 100)?),
                 register: Limit::per_hour(vars.parse("RATE_REGISTER_PER_HOUR", 600)?),
                 code: Limit::per_minute(vars.parse("RATE_CODE_PER_MINUTE", 60)?),
                 failed_code: Limit::per_hour(vars.parse("RATE_FAILED_CODE_PER_HOUR", 20)?),
@@ -277,8 +283,9 @@ impl Config {
     fn validate_rate_limits(&self) -> Result<(), ConfigError> {
         let r = &self.rate_limits;
         for (name, limit) in [
-            ("RATE_LOGIN_PER_MINUTE", r.login),
+            ("RATE_LOGIN_PER_USERNAME_ADDRESS_PER_HOUR", r.login),
             ("RATE_LOGIN_PER_ADDRESS_PER_MINUTE", r.login_address),
+            ("RATE_LOGIN_FAILURES_PER_USERNAME_PER_HOUR", r.login_failures),
             ("RATE_REGISTER_PER_HOUR", r.register),
             ("RATE_CODE_PER_MINUTE", r.code),
             ("RATE_FAILED_CODE_PER_HOUR", r.failed_code),
@@ -376,8 +383,9 @@ mod tests {
         let c = config_with(&[]).map(|c| c.rate_limits).ok();
         let expected = RateLimits {
             enabled: true,
-            login: Limit::per_minute(10),
+            login: Limit::per_hour(10),
             login_address: Limit::per_minute(600),
+            login_failures: Limit::per_hour(100),
             register: Limit::per_hour(600),
             code: Limit::per_minute(60),
             failed_code: Limit::per_hour(20),
@@ -387,8 +395,11 @@ mod tests {
         assert_eq!(Limit::per_minute(10).emission_interval_ms(), 6_000);
         let off = config_with(&[("RATE_LIMIT_ENABLED", "false"), ("RATE_CODE_PER_MINUTE", "5")]).ok();
         assert_eq!(off.map(|c| (c.rate_limits.enabled, c.rate_limits.code.burst)), Some((false, 5)));
-        let err = config_with(&[("RATE_LOGIN_PER_MINUTE", "0")]).err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(err.contains("RATE_LOGIN_PER_MINUTE"), "{err}");
+        let err = config_with(&[("RATE_LOGIN_PER_USERNAME_ADDRESS_PER_HOUR", "0")])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("RATE_LOGIN_PER_USERNAME_ADDRESS_PER_HOUR"), "{err}");
     }
 
     #[test]

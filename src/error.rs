@@ -35,6 +35,20 @@ pub enum ApiError {
     CodeExists,
     #[error("you have already redeemed this code")]
     AlreadyRedeemed,
+    /// `already_redeemed`, with the caller's own redemption beside the error
+    /// (`"redemption": {...}`), so a client whose earlier attempt got a 503
+    /// learns it was credited.
+    #[error("you have already redeemed this code")]
+    AlreadyRedeemedWith(Box<serde_json::Value>),
+    /// The `Idempotency-Key` header breaks the rules.
+    #[error("{0}")]
+    InvalidIdempotencyKey(&'static str),
+    /// The key was used before with another request body.
+    #[error("this Idempotency-Key was used with another request; use a new key for a new request")]
+    IdempotencyKeyReused,
+    /// A request with this key is still running.
+    #[error("a request with this Idempotency-Key is still in progress; retry shortly")]
+    IdempotencyInProgress,
     #[error("this code has been fully redeemed")]
     SoldOut,
     #[error("{0}")]
@@ -68,7 +82,10 @@ impl ApiError {
             ApiError::CodeNotFound => "code_not_found",
             ApiError::UsernameTaken => "username_taken",
             ApiError::CodeExists => "code_exists",
-            ApiError::AlreadyRedeemed => "already_redeemed",
+            ApiError::AlreadyRedeemed | ApiError::AlreadyRedeemedWith(_) => "already_redeemed",
+            ApiError::InvalidIdempotencyKey(_) => "invalid_idempotency_key",
+            ApiError::IdempotencyKeyReused => "idempotency_key_reused",
+            ApiError::IdempotencyInProgress => "idempotency_in_progress",
             ApiError::SoldOut => "sold_out",
             ApiError::NotEligible(_) => "not_eligible",
             ApiError::AlreadyCancelled => "already_cancelled",
@@ -82,6 +99,28 @@ impl ApiError {
     pub fn internal(e: impl Into<anyhow::Error>) -> Self {
         ApiError::Internal(e.into())
     }
+
+    /// An answer about the operation itself (done, refused), as opposed to a
+    /// transient one (503, 429, 500) that a retry may change: only these are
+    /// kept for an idempotency key.
+    pub fn is_final(&self) -> bool {
+        let status = self.status_code();
+        // A bare already_redeemed (no committed row to show) means another
+        // request holds a claim still committing: that may yet fail.
+        !(status.is_server_error()
+            || status == StatusCode::TOO_MANY_REQUESTS
+            || matches!(self, ApiError::AlreadyRedeemed))
+    }
+
+    /// The JSON body of this error, as answered.
+    pub fn body(&self) -> serde_json::Value {
+        let detail = ErrorDetail { code: self.code(), message: self.to_string() };
+        let redemption = match self {
+            ApiError::AlreadyRedeemedWith(r) => Some(r.as_ref()),
+            _ => None,
+        };
+        serde_json::to_value(ErrorBody { error: detail, redemption }).unwrap_or_default()
+    }
 }
 
 /// Seconds a client should wait before retrying a 503.
@@ -91,6 +130,10 @@ pub const RETRY_AFTER_SECONDS: u32 = 1;
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ErrorBody<'a> {
     pub error: ErrorDetail<'a>,
+    /// Only on `already_redeemed` from `POST /codes/use`: the caller's redemption.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub redemption: Option<&'a serde_json::Value>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -105,8 +148,10 @@ pub struct ErrorDetail<'a> {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            ApiError::MalformedJson(_) => StatusCode::BAD_REQUEST,
-            ApiError::InvalidInput(_) | ApiError::NotEligible(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::MalformedJson(_) | ApiError::InvalidIdempotencyKey(_) => StatusCode::BAD_REQUEST,
+            ApiError::InvalidInput(_) | ApiError::NotEligible(_) | ApiError::IdempotencyKeyReused => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unauthorized(_) | ApiError::TokenExpired | ApiError::InvalidCredentials => {
                 StatusCode::UNAUTHORIZED
@@ -116,6 +161,8 @@ impl ResponseError for ApiError {
             ApiError::UsernameTaken
             | ApiError::CodeExists
             | ApiError::AlreadyRedeemed
+            | ApiError::AlreadyRedeemedWith(_)
+            | ApiError::IdempotencyInProgress
             | ApiError::AlreadyCancelled
             | ApiError::PerUserLimit => StatusCode::CONFLICT,
             ApiError::SoldOut => StatusCode::GONE,
@@ -131,7 +178,7 @@ impl ResponseError for ApiError {
         }
         let mut response = HttpResponse::build(self.status_code());
         match self {
-            ApiError::TryAgain(_) => {
+            ApiError::TryAgain(_) | ApiError::IdempotencyInProgress => {
                 response.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECONDS));
             }
             ApiError::TooManyRequests { retry_after_secs } => {
@@ -142,7 +189,7 @@ impl ResponseError for ApiError {
             }
             _ => {}
         }
-        response.json(ErrorBody { error: ErrorDetail { code: self.code(), message: self.to_string() } })
+        response.json(self.body())
     }
 }
 

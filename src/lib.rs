@@ -10,6 +10,7 @@ pub mod coupons;
 pub mod db;
 pub mod error;
 pub mod http;
+pub mod idempotency;
 pub mod loadgen;
 pub mod ratelimit;
 pub mod reconciler;

@@ -46,14 +46,14 @@ async fn keys_under(config: &Config) -> Vec<String> {
 #[tokio::test]
 async fn a_bucket_allows_its_burst_then_refuses_with_a_sensible_retry_after() {
     // 3 per minute: one request every 20 s once the burst is spent.
-    let config = config(&[("RATE_LOGIN_PER_MINUTE", "3")]);
+    let config = config(&[("RATE_CODE_PER_MINUTE", "3")]);
     let rl = limiter(&config).await;
     for i in 0..3 {
-        let d = rl.check(Bucket::Login, "sara").await.unwrap();
+        let d = rl.check(Bucket::CodeAttempt, "sara").await.unwrap();
         assert!(d.allowed, "request {i} of the burst refused");
         assert_eq!(d.remaining, 2 - i);
     }
-    let refused = rl.check(Bucket::Login, "sara").await.unwrap();
+    let refused = rl.check(Bucket::CodeAttempt, "sara").await.unwrap();
     assert!(!refused.allowed);
     assert!(
         refused.retry_after > Duration::from_secs(18) && refused.retry_after <= Duration::from_secs(20),
@@ -62,12 +62,12 @@ async fn a_bucket_allows_its_burst_then_refuses_with_a_sensible_retry_after() {
     );
     assert!((19..=20).contains(&refused.retry_after_secs()));
     // A refusal takes nothing: the wait does not grow with more attempts.
-    let again = rl.check(Bucket::Login, "sara").await.unwrap();
+    let again = rl.check(Bucket::CodeAttempt, "sara").await.unwrap();
     assert!(!again.allowed && again.retry_after <= refused.retry_after);
     // The key expires once the bucket would be full again (3 × 20 s).
     let client = redis::Client::open(config.redis_url.as_str()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let key = format!("{}:rl:login:sara", config.redis_key_prefix);
+    let key = format!("{}:rl:code:sara", config.redis_key_prefix);
     let ttl: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut conn).await.unwrap();
     assert!(ttl > 50_000 && ttl <= 60_000, "pttl {ttl}");
 }
@@ -92,7 +92,7 @@ async fn the_bucket_refills_at_the_emission_interval() {
 
 #[tokio::test]
 async fn buckets_are_independent_per_subject_and_per_bucket() {
-    let config = config(&[("RATE_LOGIN_PER_MINUTE", "2"), ("RATE_REGISTER_PER_HOUR", "2")]);
+    let config = config(&[("RATE_LOGIN_PER_USERNAME_ADDRESS_PER_HOUR", "2"), ("RATE_REGISTER_PER_HOUR", "2")]);
     let rl = limiter(&config).await;
     for _ in 0..2 {
         assert!(rl.check(Bucket::Login, "10.0.0.1").await.unwrap().allowed);
@@ -164,18 +164,18 @@ async fn a_peek_records_nothing_and_a_recorded_failure_counts_past_the_limit() {
 
 #[tokio::test]
 async fn enforce_answers_429_with_the_longest_wait_and_disabled_limits_touch_nothing() {
-    let config = config(&[("RATE_LOGIN_PER_MINUTE", "1"), ("RATE_REGISTER_PER_HOUR", "1")]);
+    let config = config(&[("RATE_LOGIN_PER_USERNAME_ADDRESS_PER_HOUR", "1"), ("RATE_REGISTER_PER_HOUR", "2")]);
     let rl = limiter(&config).await;
     let checks = [(Bucket::Login, "9.9.9.9", Cost::Take(1)), (Bucket::Register, "9.9.9.9", Cost::Take(1))];
     assert!(rl.enforce(&checks).await.is_ok());
     match rl.enforce(&checks).await {
         Err(ApiError::TooManyRequests { retry_after_secs }) => {
-            assert!((3500..=3600).contains(&retry_after_secs), "the register wait (1 h) wins: {retry_after_secs}")
+            assert!((3500..=3600).contains(&retry_after_secs), "the login wait (1 h) wins: {retry_after_secs}")
         }
         other => panic!("expected 429, got {other:?}"),
     }
 
-    let off = self::config(&[("RATE_LIMIT_ENABLED", "false"), ("RATE_LOGIN_PER_MINUTE", "1")]);
+    let off = self::config(&[("RATE_LIMIT_ENABLED", "false"), ("RATE_LOGIN_PER_USERNAME_ADDRESS_PER_HOUR", "1")]);
     let rl = limiter(&off).await;
     for _ in 0..10 {
         assert!(rl.check(Bucket::Login, "x").await.unwrap().allowed);

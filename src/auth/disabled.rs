@@ -3,8 +3,13 @@
 //! the set of disabled user ids in memory, reloaded from Postgres every
 //! `DISABLED_REFRESH` and updated at once when this gateway disables someone.
 //! Another gateway refuses the user's tokens within that interval.
+//!
+//! Fails closed: until the first load has succeeded the set is unknown, and
+//! every token is refused with 503 (and /readyz says not ready), rather than
+//! letting a disabled user through because Postgres was slow at start-up.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::RwLock;
 use std::time::Duration;
 
@@ -17,9 +22,17 @@ pub const DISABLED_REFRESH: Duration = Duration::from_secs(2);
 #[derive(Default)]
 pub struct DisabledUsers {
     ids: RwLock<HashSet<i64>>,
+    /// The set has been loaded from Postgres at least once.
+    loaded: AtomicBool,
 }
 
 impl DisabledUsers {
+    /// False until the first load from Postgres succeeded: no token can be
+    /// judged until then.
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
+    }
+
     pub fn contains(&self, user_id: i64) -> bool {
         self.ids.read().map(|s| s.contains(&user_id)).unwrap_or(false)
     }
@@ -41,6 +54,7 @@ impl DisabledUsers {
         let ids: HashSet<i64> = db.query(&stmt, &[]).await?.iter().map(|r| r.get(0)).collect();
         if let Ok(mut s) = self.ids.write() {
             *s = ids;
+            self.loaded.store(true, Ordering::Release);
         }
         Ok(())
     }

@@ -39,6 +39,10 @@ fn authenticate(req: &HttpRequest) -> Result<AuthUser, ApiError> {
         .filter(|t| !t.is_empty())
         .ok_or(ApiError::Unauthorized("the Authorization header must be `Bearer <token>`"))?;
     let Identity { user_id, role } = state.tokens.verify(token)?;
+    if !state.disabled_users.is_loaded() {
+        // Fail closed: whether this user is disabled is not known yet.
+        return Err(ApiError::TryAgain("this gateway is still starting, try again shortly"));
+    }
     if state.disabled_users.contains(user_id) {
         return Err(ApiError::Unauthorized("this account is disabled"));
     }

@@ -130,9 +130,15 @@ pub async fn authenticate(
     username: &str,
     password: String,
 ) -> Result<i64, ApiError> {
-    state.limiter.guard_login(username, addr).await?;
+    let slowdown = state.limiter.guard_login(username, addr).await?;
+    if !slowdown.is_zero() {
+        // Many addresses together failed on this username: slow it down for
+        // everyone (the owner too), but never refuse it.
+        tokio::time::sleep(slowdown).await;
+    }
     // A name that breaks the rules cannot exist; still spend the hashing time.
-    let username = Username::parse(username).ok();
+    let raw_username = username;
+    let username = Username::parse(raw_username).ok();
     let stored = match &username {
         Some(name) => {
             let db = state.pg.get().await.map_err(crate::db::StoreError::from)?;
@@ -145,6 +151,7 @@ pub async fn authenticate(
         None => (None, None),
     };
     let ok = password.len() <= 1024 && password::verify(password, hash).await?;
+    state.limiter.login_outcome(raw_username, addr, ok && id.is_some()).await;
     match id {
         Some(id) if ok => Ok(id),
         _ => Err(ApiError::InvalidCredentials),

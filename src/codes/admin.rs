@@ -14,6 +14,7 @@ use super::store::{self, ChangeOutcome, CodeChange};
 use crate::coupons::{CouponReward, Rules};
 use crate::db::StoreError;
 use crate::error::ApiError;
+use crate::redemption::gate::Controls;
 use crate::redemption::Gate;
 
 /// Largest limit a code may have: its free-ticket list is rebuilt in memory.
@@ -177,7 +178,7 @@ pub async fn create_code(pg: &Pool, gate: &Gate, input: CreateCode, default_tz: 
     // A brand-new code has no redemptions: its gate state replaces any leftover.
     // If Redis is down now, the reconciler installs it later (the code answers
     // 503 until then), so the code exists either way.
-    if let Err(e) = gate.install(&code.code, code.limit, 0, 0, &[], &[], true).await {
+    if let Err(e) = gate.install(&code.code, code.limit, 0, 0, &[], &[], true, &Controls::of(&code)).await {
         tracing::warn!(code = %code.code, error = %e, "code created; its gate state is left to the reconciler");
     }
     tracing::info!(code = %code.code, kind = code.kind.as_str(), limit = code.limit, "code created");
@@ -210,8 +211,10 @@ where
     Option::<T>::deserialize(d).map(Some)
 }
 
-/// Changes a code: Postgres first (the limit under the code's row lock), then
-/// the gate's limit at once. Returns the changed code.
+/// Changes a code: Postgres first (under the code's row lock, which waits for
+/// commits in flight), then the gate at once: the controls (status, window)
+/// and the limit. Returns the changed code once Postgres has committed: from
+/// then on no use commits against a paused or ended code (the commit checks).
 pub async fn change_code(pg: &Pool, gate: &Gate, code: &Code, change: ChangeCode) -> Result<Code, ApiError> {
     if code.status == CodeStatus::Ended && change.status.is_some_and(|s| s != CodeStatus::Ended) {
         return Err(invalid("an ended code stays ended"));
@@ -244,6 +247,14 @@ pub async fn change_code(pg: &Pool, gate: &Gate, code: &Code, change: ChangeCode
         }
         ChangeOutcome::BadWindow => return Err(invalid("starts_at must be before ends_at")),
     };
+    if store_change.status.is_some() || store_change.starts_at.is_some() || store_change.ends_at.is_some() {
+        // Every gateway's claims refuse from now on. If Redis does not answer,
+        // the change still binds (the commit checks it) and the reconciler
+        // writes it into the gate on its next pass.
+        if let Err(e) = gate.set_status(&changed.code, &Controls::of(&changed)).await {
+            tracing::warn!(code = %changed.code, error = %e, "code changed; its gate controls are left to the reconciler");
+        }
+    }
     if let Some(limit) = store_change.limit {
         // Tickets already handed out at or above a lowered limit fail their
         // commit (the trigger reads the new limit); new ones are not handed out.
@@ -354,7 +365,13 @@ pub async fn bulk_generate(
         // if it happens, nothing was written (one statement) and a retry is fine.
         return Err(ApiError::CodeExists);
     }
-    if let Err(e) = gate.install_fresh(&names, 1).await {
+    let controls = Controls {
+        status: "active",
+        starts_ms: template.starts_at.map(|t| t.timestamp_millis()),
+        ends_ms: template.ends_at.map(|t| t.timestamp_millis()),
+        rev: 0,
+    };
+    if let Err(e) = gate.install_fresh(&names, 1, &controls).await {
         tracing::warn!(batch, error = %e, "bulk codes created; their gate state is left to the reconciler");
     }
     tracing::info!(batch, count = names.len(), "codes generated");

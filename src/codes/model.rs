@@ -148,6 +148,9 @@ pub struct Code {
     /// The campaign a bulk-generated code belongs to.
     pub batch: Option<String>,
     pub created_at: DateTime<Utc>,
+    /// Orders the changes of the code's controls (see migrations/V4).
+    #[serde(skip)]
+    pub control_rev: i64,
 }
 
 impl Code {
@@ -171,22 +174,68 @@ impl Code {
     }
 }
 
+/// Why a code cannot be used right now. The same four reasons come from the
+/// in-process cache, the Redis gate (claim.lua) and the commit (the database
+/// trigger), so a client sees one answer whichever of them noticed first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotNow {
+    Paused,
+    Ended,
+    NotStarted,
+    Expired,
+}
+
+impl NotNow {
+    /// The reason as claim.lua and the database trigger name it.
+    pub fn parse(reason: &str) -> Option<Self> {
+        match reason {
+            "paused" => Some(NotNow::Paused),
+            "ended" => Some(NotNow::Ended),
+            "not_started" => Some(NotNow::NotStarted),
+            "expired" => Some(NotNow::Expired),
+            _ => None,
+        }
+    }
+
+    pub fn message(self) -> &'static str {
+        match self {
+            NotNow::Paused => "this code is paused",
+            NotNow::Ended => "this code has ended",
+            NotNow::NotStarted => "this code is not active yet",
+            NotNow::Expired => "this code has expired",
+        }
+    }
+}
+
+impl From<NotNow> for ApiError {
+    fn from(why: NotNow) -> Self {
+        ApiError::NotEligible(why.message().into())
+    }
+}
+
 impl Code {
     /// Whether the code may be redeemed at `now`: active and inside its window
     /// (`starts_at` inclusive, `ends_at` exclusive).
     pub fn check_redeemable(&self, now: DateTime<Utc>) -> Result<(), ApiError> {
+        match self.not_redeemable_at(now) {
+            Some(why) => Err(why.into()),
+            None => Ok(()),
+        }
+    }
+
+    pub fn not_redeemable_at(&self, now: DateTime<Utc>) -> Option<NotNow> {
         match self.status {
             CodeStatus::Active => {}
-            CodeStatus::Paused => return Err(ApiError::NotEligible("this code is paused".into())),
-            CodeStatus::Ended => return Err(ApiError::NotEligible("this code has ended".into())),
+            CodeStatus::Paused => return Some(NotNow::Paused),
+            CodeStatus::Ended => return Some(NotNow::Ended),
         }
         if self.starts_at.is_some_and(|s| now < s) {
-            return Err(ApiError::NotEligible("this code is not active yet".into()));
+            return Some(NotNow::NotStarted);
         }
         if self.ends_at.is_some_and(|e| now >= e) {
-            return Err(ApiError::NotEligible("this code has expired".into()));
+            return Some(NotNow::Expired);
         }
-        Ok(())
+        None
     }
 }
 
@@ -212,6 +261,7 @@ mod tests {
             rules: serde_json::json!({}),
             batch: None,
             created_at: Utc::now(),
+            control_rev: 0,
         }
     }
 

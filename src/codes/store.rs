@@ -12,10 +12,10 @@ use super::model::{Code, CodeKind, CodeName, CodeStatus};
 use crate::db::StoreError;
 
 const CODE_COLUMNS: &str = "id, code, kind, amount, redemption_limit, per_user_limit, starts_at, ends_at, \
-                            status, time_zone, reward, rules, batch, created_at";
+                            status, time_zone, reward, rules, batch, created_at, control_rev";
 
 /// How many columns CODE_COLUMNS names (a column after them is at this index).
-const CODE_COLUMN_COUNT: usize = 14;
+const CODE_COLUMN_COUNT: usize = 15;
 
 fn code_from_row(row: &Row) -> Code {
     Code {
@@ -33,6 +33,7 @@ fn code_from_row(row: &Row) -> Code {
         rules: row.get(11),
         batch: row.get(12),
         created_at: row.get(13),
+        control_rev: row.get(14),
     }
 }
 
@@ -82,6 +83,22 @@ pub async fn insert_code(db: &impl GenericClient, new: &NewCode<'_>) -> Result<O
 pub async fn find_by_name(db: &impl GenericClient, name: &str) -> Result<Option<Code>, StoreError> {
     let stmt = db.prepare_cached(&format!("SELECT {CODE_COLUMNS} FROM codes WHERE code = $1")).await?;
     Ok(db.query_opt(&stmt, &[&name]).await?.as_ref().map(code_from_row))
+}
+
+/// Codes changed (status, window, limit...) in the last `seconds`, by the
+/// database's clock: the reconciler re-asserts their controls in the gate,
+/// whatever their status now. At most `max`, most recent first. Codes never
+/// changed since their creation are left out: creation installs their
+/// controls (a bulk creation of 100,000 codes costs the reconciler nothing).
+pub async fn codes_changed_within(db: &impl GenericClient, seconds: f64, max: i64) -> Result<Vec<Code>, StoreError> {
+    let stmt = db
+        .prepare_cached(&format!(
+            "SELECT {CODE_COLUMNS} FROM codes
+             WHERE updated_at >= now() - make_interval(secs => $1) AND updated_at > created_at
+             ORDER BY updated_at DESC LIMIT $2"
+        ))
+        .await?;
+    Ok(db.query(&stmt, &[&seconds, &max]).await?.iter().map(code_from_row).collect())
 }
 
 /// Codes the reconciler looks after: active, and not ended more than a day ago.
@@ -293,7 +310,11 @@ pub enum ChangeOutcome {
 
 /// Applies `change` in one transaction. The code's row is locked FOR UPDATE
 /// first: that waits for commits in flight (they hold FOR KEY SHARE on it)
-/// and makes later ones see the new limit, so a lowered limit is exact.
+/// and makes later ones see the new limit, so a lowered limit is exact; and
+/// the same for a pause, an end or a window: no use commits after this
+/// transaction has (see migrations/V4). The lock must be FOR UPDATE: the
+/// UPDATE alone takes FOR NO KEY UPDATE, which does not conflict with the
+/// commits' FOR KEY SHARE.
 pub async fn change_code(
     client: &mut deadpool_postgres::Client,
     code: &Code,
@@ -316,6 +337,8 @@ pub async fn change_code(
             ends_at = CASE WHEN $6 THEN $7 ELSE ends_at END,
             status = coalesce($8, status),
             rules = coalesce($9, rules),
+            -- After the row lock: a later change always gets a larger number.
+            control_rev = txid_current(),
             updated_at = now()
          WHERE id = $1 RETURNING {CODE_COLUMNS}, limit_version"
     );

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::http::Method;
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -19,6 +19,7 @@ use crate::codes::{CachedCode, CodeKind, CodeName};
 use crate::db::StoreError;
 use crate::error::{ApiError, ErrorBody};
 use crate::http::{route, Json};
+use crate::idempotency::{self, IdempotencyKey};
 use crate::ratelimit::ClientAddr;
 use crate::redemption::service::{lookup, record_outcome, through_gate};
 use crate::startup::AppState;
@@ -127,38 +128,66 @@ pub async fn quote_route(
 
 /// Consume one use for this order and record its discount. Idempotent per
 /// (code, order number): a retry returns the same result (`replayed: true`)
-/// and consumes nothing more.
+/// and consumes nothing more. An `Idempotency-Key` (kept 24 h per user,
+/// bound to this body) also replays refusals, and refuses the key with
+/// another body (422 `idempotency_key_reused`).
 #[utoipa::path(post, path = "/coupons/redeem", tag = "coupons", security(("bearer" = [])),
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "1-255 visible ASCII characters (e.g. a UUID); kept 24 h per user")),
     request_body = CouponRequest, responses(
-        (status = 200, body = CouponUse),
+        (status = 200, body = CouponUse,
+            headers(("Idempotent-Replayed" = String, description = "`true` when replayed from the key's kept answer"))),
         (status = 404, description = "code_not_found", body = ErrorBody),
-        (status = 409, description = "per_user_limit: used up; already_redeemed: the order belongs to someone else", body = ErrorBody),
+        (status = 409, description = "per_user_limit: used up; already_redeemed: the order belongs to someone else; \
+            idempotency_in_progress: a request with this key is running", body = ErrorBody),
         (status = 410, description = "sold_out", body = ErrorBody),
-        (status = 422, description = "not_eligible (the reasons are in the message) / invalid_input", body = ErrorBody),
+        (status = 422, description = "not_eligible (the reasons are in the message) / invalid_input / idempotency_key_reused", body = ErrorBody),
         (status = 503, description = "try_again", body = ErrorBody),
         (status = 401, description = "unauthorized / token_expired", body = ErrorBody),
-        (status = 400, description = "malformed_json", body = ErrorBody),
+        (status = 400, description = "malformed_json / invalid_idempotency_key", body = ErrorBody),
     (status = 429, description = "rate_limited (see Retry-After)", body = ErrorBody)))]
 pub async fn redeem_route(
     state: web::Data<AppState>,
     user: AuthUser,
     addr: ClientAddr,
+    req: HttpRequest,
     body: Json<CouponRequest>,
 ) -> Result<HttpResponse, ApiError> {
+    let key = IdempotencyKey::from_request(&req)?;
     let CouponRequest { code, order } = body.into_inner();
     check_order(&order)?;
     let name = CodeName::parse(&code)?;
-    guarded_coupon(&state, user.user_id, &addr, name.as_str()).await?;
     let state = state.into_inner();
+    let Some(key) = key else {
+        return Ok(HttpResponse::Ok().json(guarded_redeem(&state, user.user_id, &addr, name, order).await?));
+    };
+    let request = serde_json::json!({ "code": name.as_str(), "order": &order });
+    let fingerprint = idempotency::fingerprint("POST /coupons/redeem", &request);
+    // A use is already idempotent per (code, order) and read back from
+    // Postgres on a retry, so every attempt under the key runs the same way.
+    idempotency::run(&state, user.user_id, &key, &fingerprint, |_| {
+        guarded_redeem(&state, user.user_id, &addr, name, order)
+    })
+    .await
+}
+
+async fn guarded_redeem(
+    state: &Arc<AppState>,
+    user_id: i64,
+    addr: &ClientAddr,
+    name: CodeName,
+    order: Order,
+) -> Result<CouponUse, ApiError> {
+    guarded_coupon(state, user_id, addr, name.as_str()).await?;
+    let state = state.clone();
     // Detached: a client hanging up must not cut the gate path in half.
-    let result = actix_web::rt::spawn(async move {
-        let result = redeem(&state, user.user_id, &name, order).await;
+    actix_web::rt::spawn(async move {
+        let result = redeem(&state, user_id, &name, order).await;
         record_outcome(&name, &result);
         result
     })
     .await
-    .map_err(ApiError::internal)??;
-    Ok(HttpResponse::Ok().json(result))
+    .map_err(ApiError::internal)?
 }
 
 async fn redeem(state: &Arc<AppState>, user_id: i64, name: &CodeName, order: Order) -> Result<CouponUse, ApiError> {

@@ -20,23 +20,28 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
-/// Readiness: Postgres and Redis both answer.
+/// Readiness: Postgres and Redis both answer, and the disabled users are loaded.
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses(
     (status = 200, description = "ready", body = Object,
-        example = json!({"status": "ready", "checks": {"postgres": "ok", "redis": "ok"}})),
-    (status = 503, description = "a dependency is unreachable", body = Object)))]
+        example = json!({"status": "ready", "checks": {"postgres": "ok", "redis": "ok", "disabled_users": "ok"}})),
+    (status = 503, description = "a dependency is unreachable, or the disabled users are not loaded yet", body = Object)))]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let (postgres, redis) = tokio::join!(state.ping_postgres(), state.gate.ping());
     let status = |r: &Result<(), String>| match r {
         Ok(()) => json!("ok"),
         Err(e) => json!(e),
     };
-    let body = json!({"postgres": status(&postgres), "redis": status(&redis)});
-    if postgres.is_ok() && redis.is_ok() {
+    let loaded = state.disabled_users.is_loaded();
+    let body = json!({
+        "postgres": status(&postgres),
+        "redis": status(&redis),
+        "disabled_users": if loaded { "ok" } else { "not loaded yet" },
+    });
+    if postgres.is_ok() && redis.is_ok() && loaded {
         HttpResponse::Ok().json(json!({"status": "ready", "checks": body}))
     } else {
         HttpResponse::ServiceUnavailable().json(json!({
-            "error": {"code": "not_ready", "message": "a dependency is unreachable"},
+            "error": {"code": "not_ready", "message": "a dependency is unreachable, or the disabled users are not loaded yet"},
             "checks": body
         }))
     }

@@ -24,10 +24,12 @@ pub const RATE_LIMITER_ERRORS: &str = "rate_limiter_errors_total";
 /// What is being limited. Each has its own `Limit` from the configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Bucket {
-    /// Login attempts: per username.
+    /// Login attempts: per (username, client address).
     Login,
     /// Login attempts: per client address.
     LoginAddress,
+    /// Failed logins: per username, from every address.
+    LoginFailures,
     /// Registrations: per client address.
     Register,
     /// Code redemption attempts: per user.
@@ -43,6 +45,7 @@ impl Bucket {
         match self {
             Bucket::Login => "login",
             Bucket::LoginAddress => "login_address",
+            Bucket::LoginFailures => "login_failures",
             Bucket::Register => "register",
             Bucket::CodeAttempt => "code",
             Bucket::FailedCode => "failed_code",
@@ -54,6 +57,7 @@ impl Bucket {
         match self {
             Bucket::Login => limits.login,
             Bucket::LoginAddress => limits.login_address,
+            Bucket::LoginFailures => limits.login_failures,
             Bucket::Register => limits.register,
             Bucket::CodeAttempt => limits.code,
             Bucket::FailedCode => limits.failed_code,
@@ -73,6 +77,8 @@ pub enum Cost {
     /// Record one event that already happened (e.g. an unknown code was
     /// tried), even past the limit, so concurrent guesses all count.
     Record,
+    /// Give `n` requests' worth back (e.g. a login that succeeded was not a guess).
+    Refund(u32),
 }
 
 impl Cost {
@@ -82,6 +88,7 @@ impl Cost {
             Cost::Peek => (0, "0"),
             Cost::Take(n) => (i64::from(n), "0"),
             Cost::Record => (1, "1"),
+            Cost::Refund(n) => (-i64::from(n), "0"),
         }
     }
 }
@@ -276,16 +283,65 @@ impl RateLimiter {
         .await
     }
 
-    /// Before checking a password: per username and per address.
-    pub async fn guard_login(&self, username: &str, addr: &ClientAddr) -> Result<(), ApiError> {
-        let (name, address) = (username_subject(username), addr.subject());
-        self.enforce(&[(Bucket::Login, &name, Cost::Take(1)), (Bucket::LoginAddress, &address, Cost::Take(1))]).await
+    /// Before checking a password: one attempt from the (username, address)
+    /// budget and from the address's. A guesser spends their own address's
+    /// budgets, never the account owner's elsewhere: nobody can lock a user
+    /// out. Returns how long to slow this attempt down: zero, unless the
+    /// username has had more failures than its hourly ceiling from all
+    /// addresses together (a distributed attack), then a delay that grows
+    /// with the excess, up to `MAX_LOGIN_SLOWDOWN`. Never a refusal for it.
+    pub async fn guard_login(&self, username: &str, addr: &ClientAddr) -> Result<Duration, ApiError> {
+        let (pair, address, name) = (login_subject(username, addr), addr.subject(), username_subject(username));
+        let checks =
+            [(Bucket::Login, pair.as_str(), Cost::Take(1)), (Bucket::LoginAddress, address.as_str(), Cost::Take(1))];
+        let (budgets, failures) =
+            tokio::join!(self.enforce(&checks), self.check_with(Bucket::LoginFailures, &name, Cost::Peek));
+        budgets?;
+        Ok(match failures {
+            Ok(d) if !d.allowed => {
+                let interval = Bucket::LoginFailures.limit(&self.limits).emission_interval_ms();
+                let over = (d.retry_after.as_millis() as u64).div_ceil(interval).max(1);
+                metrics::counter!(RATE_LIMITED, "bucket" => Bucket::LoginFailures.name()).increment(1);
+                (LOGIN_SLOWDOWN_STEP * u32::try_from(over).unwrap_or(u32::MAX)).min(MAX_LOGIN_SLOWDOWN)
+            }
+            Ok(_) => Duration::ZERO,
+            Err(e) => {
+                metrics::counter!(RATE_LIMITER_ERRORS, "bucket" => Bucket::LoginFailures.name()).increment(1);
+                tracing::warn!(error = %e, "rate limiter unavailable; login not slowed");
+                Duration::ZERO
+            }
+        })
+    }
+
+    /// After the password was checked: a success gives the (username,
+    /// address) attempt back, so an owner's own logins never use up their
+    /// budget; a failure counts against the username's hourly ceiling.
+    pub async fn login_outcome(&self, username: &str, addr: &ClientAddr, ok: bool) {
+        let result = if ok {
+            self.check_with(Bucket::Login, &login_subject(username, addr), Cost::Refund(1)).await
+        } else {
+            self.check_with(Bucket::LoginFailures, &username_subject(username), Cost::Record).await
+        };
+        if let Err(e) = result {
+            metrics::counter!(RATE_LIMITER_ERRORS, "bucket" => "login_outcome").increment(1);
+            tracing::warn!(error = %e, "rate limiter unavailable; login outcome not recorded");
+        }
     }
 
     /// Before hashing a new password: per address.
     pub async fn guard_register(&self, addr: &ClientAddr) -> Result<(), ApiError> {
         self.enforce(&[(Bucket::Register, &addr.subject(), Cost::Take(1))]).await
     }
+}
+
+/// Each failure over the username's ceiling adds this much to the wait.
+pub const LOGIN_SLOWDOWN_STEP: Duration = Duration::from_millis(250);
+/// The longest a login is slowed down: a delay, never a wall.
+pub const MAX_LOGIN_SLOWDOWN: Duration = Duration::from_secs(5);
+
+/// The subject of one address guessing one account.
+pub fn login_subject(raw_username: &str, addr: &ClientAddr) -> String {
+    format!("{}@{}", username_subject(raw_username), addr.subject())
 }
 
 pub fn user_subject(user_id: i64) -> String {

@@ -7,6 +7,7 @@
 //! time, via a Redis lock), and by hand with `redeem-gateway reconcile`.
 
 pub mod audit;
+pub mod controls;
 pub mod rebuild;
 pub mod sweep;
 pub mod sync;
@@ -41,6 +42,8 @@ pub struct RunStats {
     pub tickets_freed: i64,
     /// Claims and free-list entries the audit corrected.
     pub entries_fixed: i64,
+    /// Codes whose status or window in the gate disagreed with Postgres.
+    pub controls_repaired: usize,
     pub errors: usize,
 }
 
@@ -53,6 +56,17 @@ pub async fn run_once(state: &Arc<AppState>) -> Result<RunStats, StoreError> {
         (codes_store::active_codes(&db).await?, codes_store::active_gate_truths(&db).await?)
     };
     let mut stats = RunStats { codes_checked: codes.len(), ..Default::default() };
+    if let Err(e) = purge_idempotency_keys(state).await {
+        stats.errors += 1;
+        tracing::warn!(error = %e, "expired idempotency keys not purged");
+    }
+    match controls::reassert_controls(state).await {
+        Ok(n) => stats.controls_repaired = n,
+        Err(e) => {
+            stats.errors += 1;
+            tracing::warn!(error = %e, "gate controls not re-asserted");
+        }
+    }
     let mut audit_budget = audit::TICKETS_PER_PASS;
     // Start the walk at a different code each second, so that when the audit
     // budget runs out it is not always the same codes that wait.
@@ -105,6 +119,7 @@ pub async fn run_once(state: &Arc<AppState>) -> Result<RunStats, StoreError> {
         + stats.claims_released
         + stats.claims_confirmed
         + stats.limits_repaired
+        + stats.controls_repaired
         + stats.tickets_freed as usize
         + stats.entries_fixed as usize
         + stats.errors
@@ -122,6 +137,7 @@ pub async fn run_once(state: &Arc<AppState>) -> Result<RunStats, StoreError> {
                 codes_audited = stats.codes_audited,
                 tickets_freed = stats.tickets_freed,
                 entries_fixed = stats.entries_fixed,
+                controls_repaired = stats.controls_repaired,
                 errors = stats.errors,
                 duration_ms = started.elapsed().as_millis() as u64,
                 "reconciler run"
@@ -180,6 +196,18 @@ async fn check_gate(
         }
     }
     Ok(check)
+}
+
+/// Idempotency keys are kept 24 hours; a pass deletes at most this many expired ones.
+const MAX_KEYS_PURGED: i64 = 10_000;
+
+async fn purge_idempotency_keys(state: &AppState) -> Result<(), StoreError> {
+    let db = state.pg.get().await?;
+    let purged = crate::idempotency::store::purge_expired(&db, MAX_KEYS_PURGED).await?;
+    if purged > 0 {
+        tracing::info!(purged, "expired idempotency keys purged");
+    }
+    Ok(())
 }
 
 /// A run guarded twice: never two at once in this process (the scheduler

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::codes::{store, Code};
 use crate::db::StoreError;
-use crate::redemption::gate::GateError;
+use crate::redemption::gate::{Controls, GateError};
 use crate::startup::AppState;
 
 #[derive(Debug, thiserror::Error)]
@@ -35,19 +35,33 @@ pub async fn rebuild_if_missing(state: &AppState, code: &Code) -> Result<bool, R
 }
 
 async fn rebuild(state: &AppState, code: &Code) -> Result<bool, RebuildError> {
-    // The limit comes from Postgres, not from `code`: the caller's copy may be
-    // a cached row older than a limit change. (A change that commits after
-    // this read is compared and repaired by the next reconciler pass.)
-    let (claims, synced, truth) = {
+    // The limit and the controls come from Postgres as it is now, not from
+    // `code`: the caller's copy may be a cached row older than a limit change
+    // or a pause (a rebuild must not resurrect a paused code nor install a stale
+    // limit). A change that commits after these reads is repaired: the controls
+    // are read once more below, the limit by the next reconciler pass.
+    let (claims, synced, truth, fresh) = {
         let db = state.pg.get().await.map_err(StoreError::from)?;
         let Some(truth) = store::gate_truth(&db, code.id).await? else {
             return Ok(false); // the code is gone
         };
-        (store::committed_claims(&db, code).await?, store::synced_counters(&db, code.id).await?, truth)
+        let fresh = store::find_by_name(&db, &code.code).await?;
+        (store::committed_claims(&db, code).await?, store::synced_counters(&db, code.id).await?, truth, fresh)
     };
+    let Some(fresh) = fresh else { return Ok(false) };
     let (next, free) = free_tickets(&claims);
-    let installed =
-        state.gate.install(&code.code, truth.limit, truth.limit_version, next, &claims, &free, false).await?;
+    let installed = state
+        .gate
+        .install(&code.code, truth.limit, truth.limit_version, next, &claims, &free, false, &Controls::of(&fresh))
+        .await?;
+    if installed {
+        // A change that committed while we were building found no state to
+        // write into: read the controls once more (set_status keeps the newer).
+        let db = state.pg.get().await.map_err(StoreError::from)?;
+        if let Some(now) = store::find_by_name(&db, &code.code).await? {
+            state.gate.set_status(&code.code, &Controls::of(&now)).await?;
+        }
+    }
     if installed {
         // Carry the rejection counts over from the last sync, so the report keeps them.
         let seeds: Vec<(&str, u64)> = synced

@@ -6,6 +6,7 @@
 use deadpool_postgres::GenericClient;
 use tokio_postgres::error::SqlState;
 
+use crate::codes::NotNow;
 use crate::db::StoreError;
 
 /// The ledger `kind` of a code's credit.
@@ -27,6 +28,9 @@ pub enum Committed {
     TicketOutOfRange,
     /// The token's user does not exist (any more).
     UnknownUser,
+    /// The code is paused, ended or outside its window, by the database's
+    /// clock: nothing written (see migrations/V4).
+    NotRedeemable(NotNow),
 }
 
 // Public so the benchmark can drive the very same statement through pgbench.
@@ -58,12 +62,48 @@ pub async fn commit(db: &impl GenericClient, code_id: i64, user_id: i64, ticket:
     }
 }
 
+/// A user's committed redemption of a code, as a retry is told about it.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct PastRedemption {
+    pub redemption_id: i64,
+    pub code: String,
+    /// What it credited.
+    pub amount: i64,
+    /// When it was committed (the database's clock).
+    pub redeemed_at: chrono::DateTime<chrono::Utc>,
+    /// The wallet's balance now.
+    pub balance: i64,
+}
+
+/// The user's redemption of the code, if one is committed.
+pub async fn find_redemption(
+    db: &impl GenericClient,
+    code_id: i64,
+    user_id: i64,
+) -> Result<Option<PastRedemption>, StoreError> {
+    let stmt = db
+        .prepare_cached(
+            "SELECT r.id, c.code, r.amount, r.created_at, coalesce(w.balance, 0)
+             FROM redemptions r JOIN codes c ON c.id = r.code_id LEFT JOIN wallets w ON w.user_id = r.user_id
+             WHERE r.code_id = $1 AND r.user_id = $2",
+        )
+        .await?;
+    Ok(db.query_opt(&stmt, &[&code_id, &user_id]).await?.map(|row| PastRedemption {
+        redemption_id: row.get(0),
+        code: row.get(1),
+        amount: row.get(2),
+        redeemed_at: row.get(3),
+        balance: row.get(4),
+    }))
+}
+
 fn classify(e: tokio_postgres::Error) -> Result<Committed, StoreError> {
     match conflict_of(&e) {
         Some(Conflict::HolderHasOne) => Ok(Committed::AlreadyRedeemed),
         Some(Conflict::TicketTaken) => Ok(Committed::TicketTaken),
         Some(Conflict::TicketOutOfRange) => Ok(Committed::TicketOutOfRange),
         Some(Conflict::UnknownUser) => Ok(Committed::UnknownUser),
+        Some(Conflict::NotRedeemable(why)) => Ok(Committed::NotRedeemable(why)),
         _ => Err(e.into()),
     }
 }
@@ -73,6 +113,9 @@ fn classify(e: tokio_postgres::Error) -> Result<Committed, StoreError> {
 /// follow one pattern, see the migrations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Conflict {
+    /// `code_not_redeemable`: the code is paused, ended or outside its window
+    /// (the reason is the error's DETAIL).
+    NotRedeemable(NotNow),
     /// `<table>_code_user_key`: the user already holds one.
     HolderHasOne,
     /// `<table>_code_ticket_key`: the ticket is used.
@@ -106,7 +149,10 @@ pub fn conflict_of(e: &tokio_postgres::Error) -> Option<Conflict> {
             None
         }
     } else if *code == SqlState::CHECK_VIOLATION {
-        if constraint.ends_with("_ticket_below_limit") {
+        if constraint == "code_not_redeemable" {
+            // An unknown reason is still a refusal: treat it as a pause.
+            Some(Conflict::NotRedeemable(db_error.detail().and_then(NotNow::parse).unwrap_or(NotNow::Paused)))
+        } else if constraint.ends_with("_ticket_below_limit") {
             Some(Conflict::TicketOutOfRange)
         } else if constraint == "coupon_redemptions_per_user_limit" {
             Some(Conflict::PerUserLimit)

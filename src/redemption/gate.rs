@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 
+use crate::codes::{Code, NotNow};
 use crate::config::Config;
 use crate::error::ApiError;
 
@@ -43,6 +44,33 @@ pub enum Claim {
     SoldOut,
     /// Redis has no state for the code (flushed or restarted): rebuild first.
     StateMissing,
+    /// The operator's controls say no (paused, ended, outside the window):
+    /// nothing was taken.
+    NotNow(NotNow),
+}
+
+/// A code's operator controls as the gate keeps them (see lua/set_status.lua).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Controls {
+    pub status: &'static str,
+    pub starts_ms: Option<i64>,
+    pub ends_ms: Option<i64>,
+    pub rev: i64,
+}
+
+impl Controls {
+    pub fn of(code: &Code) -> Self {
+        Controls {
+            status: code.status.as_str(),
+            starts_ms: code.starts_at.map(|t| t.timestamp_millis()),
+            ends_ms: code.ends_at.map(|t| t.timestamp_millis()),
+            rev: code.control_rev,
+        }
+    }
+
+    fn bound(ms: Option<i64>) -> String {
+        ms.map(|m| m.to_string()).unwrap_or_default()
+    }
 }
 
 /// What to do with a claim whose commit did not happen. See lua/release.lua.
@@ -153,6 +181,7 @@ pub struct Gate {
     set_limit: Script,
     cancel: Script,
     audit: Script,
+    set_status: Script,
 }
 
 impl Gate {
@@ -169,6 +198,7 @@ impl Gate {
             set_limit: Script::new(include_str!("../../lua/set_limit.lua")),
             cancel: Script::new(include_str!("../../lua/cancel.lua")),
             audit: Script::new(include_str!("../../lua/audit.lua")),
+            set_status: Script::new(include_str!("../../lua/set_status.lua")),
         };
         gate.load_scripts().await?;
         Ok(gate)
@@ -178,7 +208,9 @@ impl Gate {
     /// too, e.g. after a Redis restart.)
     async fn load_scripts(&self) -> Result<(), GateError> {
         let mut conn = self.conn.clone();
-        for script in [&self.claim, &self.release, &self.install, &self.set_limit, &self.cancel, &self.audit] {
+        for script in
+            [&self.claim, &self.release, &self.install, &self.set_limit, &self.cancel, &self.audit, &self.set_status]
+        {
             script.prepare_invoke().load_async(&mut conn).await?;
         }
         Ok(())
@@ -229,6 +261,10 @@ impl Gate {
             [2] => Claim::AlreadyClaimed,
             [5, ticket] => Claim::Abandoned { ticket: *ticket as i32 },
             [3] => Claim::SoldOut,
+            [6, 1] => Claim::NotNow(NotNow::Paused),
+            [6, 2] => Claim::NotNow(NotNow::Ended),
+            [6, 3] => Claim::NotNow(NotNow::NotStarted),
+            [6, 4] => Claim::NotNow(NotNow::Expired),
             _ => Claim::StateMissing,
         })
     }
@@ -327,8 +363,9 @@ impl Gate {
     }
 
     /// Installs a code's state: `claims` (committed holder -> ticket) and the
-    /// `free` tickets below `next`. Staged under temporary keys, then swapped
-    /// in by one script; meta last. Unless `force`, existing state wins.
+    /// `free` tickets below `next`, with the operator's `controls`. Staged
+    /// under temporary keys, then swapped in by one script; meta last. Unless
+    /// `force`, existing state wins.
     #[allow(clippy::too_many_arguments)]
     pub async fn install(
         &self,
@@ -339,6 +376,7 @@ impl Gate {
         claims: &[(String, i32)],
         free: &[i32],
         force: bool,
+        controls: &Controls,
     ) -> Result<bool, GateError> {
         const CHUNK: usize = 5_000;
         let k = self.keys(code);
@@ -375,6 +413,10 @@ impl Gate {
             .arg(if force { "1" } else { "0" })
             .arg(limit_version)
             .arg(rand::random::<u32>())
+            .arg(controls.status)
+            .arg(Controls::bound(controls.starts_ms))
+            .arg(Controls::bound(controls.ends_ms))
+            .arg(controls.rev)
             .invoke_async(&mut conn)
             .await?;
         if installed == 1 {
@@ -427,14 +469,27 @@ impl Gate {
     }
 
     /// Installs empty state for brand-new codes (bulk creation), pipelined.
-    pub async fn install_fresh(&self, codes: &[String], limit: i32) -> Result<(), GateError> {
+    pub async fn install_fresh(&self, codes: &[String], limit: i32, controls: &Controls) -> Result<(), GateError> {
         let mut conn = self.conn.clone();
         for chunk in codes.chunks(1_000) {
             let mut pipe = redis::pipe();
             for code in chunk {
                 let k = self.keys(code);
                 pipe.del(&[&k.claims, &k.pending, &k.free, &k.dropped, &k.owners, &k.meta]).ignore();
-                pipe.hset_multiple(&k.meta, &[("limit", limit), ("next", 0), ("limit_version", 0)]).ignore();
+                let mut fields = vec![
+                    ("limit", limit.to_string()),
+                    ("next", "0".to_string()),
+                    ("limit_version", "0".to_string()),
+                    ("status", controls.status.to_string()),
+                    ("status_rev", controls.rev.to_string()),
+                ];
+                if let Some(s) = controls.starts_ms {
+                    fields.push(("starts_ms", s.to_string()));
+                }
+                if let Some(e) = controls.ends_ms {
+                    fields.push(("ends_ms", e.to_string()));
+                }
+                pipe.hset_multiple(&k.meta, &fields).ignore();
             }
             pipe.query_async::<()>(&mut conn).await?;
         }
@@ -606,6 +661,32 @@ impl Gate {
             [1, freed, fixed] => Some((*freed, *fixed)),
             _ => None,
         })
+    }
+
+    /// Writes the operator's controls into the code's state, unless a later
+    /// change is there already (lua/set_status.lua). Returns whether it wrote;
+    /// a code without state gets them at its rebuild.
+    pub async fn set_status(&self, code: &str, controls: &Controls) -> Result<bool, GateError> {
+        let k = self.keys(code);
+        let mut conn = self.conn.clone();
+        let written: i64 = self
+            .set_status
+            .key(&k.meta)
+            .arg(controls.status)
+            .arg(Controls::bound(controls.starts_ms))
+            .arg(Controls::bound(controls.ends_ms))
+            .arg(controls.rev)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(written == 1)
+    }
+
+    /// The controls the gate holds for `code` (status, or None without state).
+    pub async fn status_of(&self, code: &str) -> Result<Option<String>, GateError> {
+        let mut conn = self.conn.clone();
+        let (limit, status): (Option<i64>, Option<String>) =
+            redis::cmd("HMGET").arg(self.keys(code).meta).arg("limit").arg("status").query_async(&mut conn).await?;
+        Ok(limit.map(|_| status.unwrap_or_else(|| "active".into())))
     }
 
     /// Adds rejection counts counted in-process.

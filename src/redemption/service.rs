@@ -8,10 +8,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::commit::{self, Committed};
+use super::commit::{self, Committed, PastRedemption};
 use super::gate::{Claim, Release};
 use crate::codes::cache::LocalReject;
 use crate::codes::{store as codes_store, CachedCode, CodeKind, CodeName};
@@ -102,6 +102,10 @@ where
                 code.hints.mark_sold_out(state.config.sold_out_cache_ttl);
                 Err(ApiError::SoldOut)
             }
+            Claim::NotNow(why) => {
+                code.hints.count(LocalReject::NotEligible);
+                Err(why.into())
+            }
             Claim::StateMissing => {
                 code.hints.count(LocalReject::TryAgain);
                 reconciler::rebuild::request(state, &code.code);
@@ -188,11 +192,72 @@ pub struct Redeemed {
     pub balance: i64,
 }
 
+impl From<PastRedemption> for Redeemed {
+    fn from(r: PastRedemption) -> Self {
+        Redeemed { code: r.code, amount: r.amount, balance: r.balance }
+    }
+}
+
 /// POST /codes/use: a credit code's credit, for the first N users, once each.
+/// A repeat is 409 `already_redeemed` with the user's redemption beside it.
 pub async fn redeem(state: &Arc<AppState>, user_id: i64, name: &CodeName) -> Result<Redeemed, ApiError> {
     let result = redeem_credit(state, user_id, name).await;
     record_outcome(name, &result);
-    result
+    match result {
+        Err(ApiError::AlreadyRedeemed) => Err(already_redeemed(past_redemption(state, user_id, name).await)),
+        other => other,
+    }
+}
+
+/// POST /codes/use under an `Idempotency-Key`. `earlier` is when the key was
+/// first used, if an attempt under it ended without a final answer (a 503, or
+/// its gateway died): that attempt may have committed while its gateway saw
+/// an error, so Postgres (the truth) is asked first, and a redemption made
+/// since the key's first use is this key's outcome: 200.
+pub async fn redeem_with_key(
+    state: &Arc<AppState>,
+    user_id: i64,
+    name: &CodeName,
+    earlier: Option<DateTime<Utc>>,
+) -> Result<Redeemed, ApiError> {
+    let ours = |r: &PastRedemption| earlier.is_some_and(|since| r.redeemed_at >= since);
+    if earlier.is_some() {
+        if let Some(r) = past_redemption(state, user_id, name).await?.filter(|r| ours(r)) {
+            return Ok(r.into());
+        }
+    }
+    let result = redeem_credit(state, user_id, name).await;
+    record_outcome(name, &result);
+    match result {
+        Err(ApiError::AlreadyRedeemed) => match past_redemption(state, user_id, name).await {
+            Ok(Some(r)) if ours(&r) => Ok(r.into()),
+            found => Err(already_redeemed(found)),
+        },
+        other => other,
+    }
+}
+
+/// The user's committed redemption of the code, if any.
+async fn past_redemption(state: &AppState, user_id: i64, name: &CodeName) -> Result<Option<PastRedemption>, ApiError> {
+    let code = lookup(state, name).await?;
+    let db = state.pg.get().await.map_err(StoreError::from)?;
+    Ok(commit::find_redemption(&db, code.code.id, user_id).await?)
+}
+
+/// 409 with the redemption beside it, when Postgres has one (a claim still
+/// committing has none yet: then the plain 409).
+fn already_redeemed(found: Result<Option<PastRedemption>, ApiError>) -> ApiError {
+    match found {
+        Ok(Some(r)) => match serde_json::to_value(r) {
+            Ok(v) => ApiError::AlreadyRedeemedWith(Box::new(v)),
+            Err(_) => ApiError::AlreadyRedeemed,
+        },
+        Ok(None) => ApiError::AlreadyRedeemed,
+        Err(e) => {
+            tracing::debug!(error = %e, "already redeemed; the redemption could not be read");
+            ApiError::AlreadyRedeemed
+        }
+    }
 }
 
 async fn redeem_credit(state: &Arc<AppState>, user_id: i64, name: &CodeName) -> Result<Redeemed, ApiError> {
@@ -215,6 +280,7 @@ async fn redeem_credit(state: &Arc<AppState>, user_id: i64, name: &CodeName) -> 
                 Committed::TicketTaken => Commit::TicketTaken,
                 Committed::TicketOutOfRange => Commit::TicketOutOfRange,
                 Committed::UnknownUser => Commit::Refused(ApiError::Unauthorized("the token's user does not exist")),
+                Committed::NotRedeemable(why) => Commit::Refused(why.into()),
             })
         }
     })

@@ -59,6 +59,7 @@ pub async fn issue(
             Some(Conflict::UnknownUser) => {
                 Ok(Commit::Refused(crate::error::ApiError::Unauthorized("the user does not exist")))
             }
+            Some(Conflict::NotRedeemable(why)) => Ok(Commit::Refused(why.into())),
             _ => Err(e.into()),
         },
     }

@@ -176,3 +176,95 @@ async fn a_spike_of_real_users_behind_one_carrier_address_is_not_refused() {
     });
     assert_eq!(statuses, [(200, 150), (410, 250)].into_iter().collect(), "no 429 for real codes");
 }
+
+async fn login_from(app: &TestApp, address: &str, username: &str, password: &str) -> u16 {
+    app.client
+        .post(format!("{}/auth/login", app.address))
+        .header("x-forwarded-for", address)
+        .json(&json!({"username": username, "password": password}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_attacker_hammering_a_username_cannot_lock_its_owner_out() {
+    let app = spawn_app_with(&LIMITS_ON).await;
+    let res = app.post("/auth/register", json!({"username": "victim", "password": "correct-horse-1"}), None).await;
+    assert_eq!(res.status, 201);
+    // The attacker: 40 wrong passwords from one address, 4 at a time, and
+    // the owner logging in from elsewhere while it goes on, then after.
+    let attack = {
+        let app_client = app.client.clone();
+        let url = format!("{}/auth/login", app.address);
+        tokio::spawn(async move {
+            let mut statuses = vec![];
+            for round in 0..10 {
+                let tries: Vec<_> = (0..4)
+                    .map(|i| {
+                        let req = app_client
+                            .post(&url)
+                            .header("x-forwarded-for", "198.51.100.66")
+                            .json(&json!({"username": "Victim", "password": format!("guess-{round}-{i}")}));
+                        tokio::spawn(async move { req.send().await.unwrap().status().as_u16() })
+                    })
+                    .collect();
+                for t in tries {
+                    statuses.push(t.await.unwrap());
+                }
+            }
+            statuses
+        })
+    };
+    let during = login_from(&app, "203.0.113.5", "victim", "correct-horse-1").await;
+    let statuses = attack.await.unwrap();
+    assert!(statuses.iter().filter(|s| **s == 429).count() >= 25, "the attacker is cut off: {statuses:?}");
+    assert!(statuses.iter().all(|s| *s == 401 || *s == 429), "{statuses:?}");
+    assert_eq!(during, 200, "the owner logs in while the attack goes on");
+    for _ in 0..3 {
+        assert_eq!(login_from(&app, "203.0.113.5", "victim", "correct-horse-1").await, 200, "and after it");
+    }
+    // The first-N campaign login is the same door.
+    let body = json!({"username": "victim", "password": "correct-horse-1", "campaign": "NONE"});
+    let res = app
+        .client
+        .post(format!("{}/campaigns/login", app.address))
+        .header("x-forwarded-for", "203.0.113.5")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    // The attacker's own address stays cut off for this username.
+    assert_eq!(login_from(&app, "198.51.100.66", "victim", "correct-horse-1").await, 429);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn past_the_username_ceiling_logins_are_slowed_never_refused() {
+    let mut limits = LIMITS_ON.to_vec();
+    limits.push(("RATE_LOGIN_FAILURES_PER_USERNAME_PER_HOUR", "5"));
+    let app = spawn_app_with(&limits).await;
+    app.post("/auth/register", json!({"username": "target", "password": "correct-horse-2"}), None).await;
+    // A distributed attack: 12 addresses at once, one wrong password each.
+    let attempts: Vec<_> = (0..12)
+        .map(|i| {
+            let req = app
+                .client
+                .post(format!("{}/auth/login", app.address))
+                .header("x-forwarded-for", format!("192.0.2.{}", 10 + i))
+                .json(&json!({"username": "target", "password": "wrong-password"}));
+            tokio::spawn(async move { req.send().await.unwrap().status().as_u16() })
+        })
+        .collect();
+    for a in attempts {
+        assert_eq!(a.await.unwrap(), 401, "each address is within its own budget");
+    }
+    // Past the ceiling of 5: slowed by 250 ms a failure over it (at most 5 s), not refused.
+    let started = std::time::Instant::now();
+    assert_eq!(login_from(&app, "203.0.113.99", "target", "correct-horse-2").await, 200);
+    let took = started.elapsed();
+    assert!(took >= std::time::Duration::from_millis(1000), "slowed down: {took:?}");
+    assert!(took < std::time::Duration::from_secs(8), "a delay, not a wall: {took:?}");
+}

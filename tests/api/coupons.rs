@@ -19,7 +19,7 @@ pub fn coupon(code: &str, limit: i64, per_user: i64, rules: Value) -> CreateCode
     }
 }
 
-fn order(number: &str) -> Value {
+pub fn order(number: &str) -> Value {
     json!({"number": number, "payment_method": "card", "lines": [
         {"sku": "SIM-1", "category": "mobile", "unit_price": 100000, "quantity": 2},
         {"sku": "BOOK-9", "category": "books", "unit_price": 30000, "quantity": 1}

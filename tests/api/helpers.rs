@@ -43,10 +43,21 @@ pub async fn spawn_app() -> TestApp {
 
 /// A fresh app; `overrides` are configuration variables (e.g. the grace period).
 pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
+    spawn_app_via(overrides, None).await
+}
+
+/// A fresh app whose Postgres connections go through `proxy_port` (a proxy
+/// to the test PostgreSQL, see pgproxy.rs).
+pub async fn spawn_app_via(overrides: &[(&str, &str)], proxy_port: Option<u16>) -> TestApp {
     let (server_url, redis_url) = service_urls();
     let id = format!("{:016x}", rand::random::<u64>());
     let database = format!("test_{id}");
-    let database_url = create_database(&server_url, &database).await;
+    let mut database_url = create_database(&server_url, &database).await;
+    if let Some(port) = proxy_port {
+        let real: tokio_postgres::Config = database_url.parse().unwrap();
+        let real_port = real.get_ports().first().copied().unwrap_or(5432);
+        database_url = database_url.replace(&format!(":{real_port}/"), &format!(":{port}/"));
+    }
     let prefix = format!("t_{id}");
     let mut vars: HashMap<String, String> = [
         ("APP_ENV", "dev"),
@@ -83,6 +94,25 @@ pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
         server_url,
         redis_url,
         prefix,
+    }
+}
+
+/// host:port of the test PostgreSQL (what a proxy forwards to).
+pub fn postgres_address() -> String {
+    let (server_url, _) = service_urls();
+    let config: tokio_postgres::Config = server_url.parse().unwrap();
+    format!("127.0.0.1:{}", config.get_ports().first().copied().unwrap_or(5432))
+}
+
+/// A connection of our own to the app's database, for acting from outside
+/// (locks, direct updates), as psql would.
+impl TestApp {
+    pub async fn psql(&self) -> tokio_postgres::Client {
+        let mut config: tokio_postgres::Config = self.server_url.parse().unwrap();
+        config.dbname(&self.database);
+        let (client, conn) = config.connect(NoTls).await.unwrap();
+        tokio::spawn(conn);
+        client
     }
 }
 
@@ -304,7 +334,7 @@ impl TestApp {
     }
 }
 
-async fn into_response(res: reqwest::Response) -> Response {
+pub async fn into_response(res: reqwest::Response) -> Response {
     let status = res.status();
     let headers = res.headers().clone();
     let text = res.text().await.unwrap_or_default();

@@ -4,16 +4,19 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod helpers;
+mod pgproxy;
 
 mod abuse;
 mod admin;
 mod auth;
 mod bad_input;
+mod controls;
 mod coupons;
 mod openapi;
 mod operations;
 mod reconciler;
 mod redemption;
+mod retries;
 mod slots;
 mod tokens;
 mod vouchers;

@@ -108,3 +108,46 @@ async fn a_previous_key_is_accepted_during_a_rotation() {
     let res = app.post("/wallet/balance", json!({}), Some(&token)).await;
     assert_eq!(res.status, 200, "{:?}", res.body);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_gateway_that_could_not_load_the_disabled_users_refuses_tokens_until_it_has() {
+    let app = spawn_app().await;
+    let users = app.create_users(2).await;
+    let ((disabled, disabled_token), (_, ok_token)) = (&users[0], &users[1]);
+    let res = app.post(&format!("/admin/users/{disabled}/disable"), json!({}), Some(&app.admin_token())).await;
+    assert_eq!(res.status, 200);
+
+    // A second gateway starts while the users table is locked: its first
+    // load of the disabled set times out.
+    let mut psql = app.psql().await;
+    let tx = psql.transaction().await.unwrap();
+    tx.batch_execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    let mut config = app.state.config.clone();
+    config.http_addr = "127.0.0.1:0".into();
+    config.pg_statement_timeout = std::time::Duration::from_millis(500);
+    let second = redeem_gateway::startup::Application::build(config).await.unwrap();
+    let base = format!("http://127.0.0.1:{}", second.port());
+    tokio::spawn(second.run_until_stopped());
+    let balance = |token: &str| {
+        let req = app.client.post(format!("{base}/wallet/balance")).bearer_auth(token).json(&json!({}));
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    // Fails closed: nobody's token is judged (the disabled user's least of all).
+    assert_eq!(balance(disabled_token).await, 503, "a disabled user's token is not let through");
+    assert_eq!(balance(ok_token).await, 503);
+    let ready = app.client.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503, "not ready until the set is loaded");
+
+    // Once Postgres answers, the next reload (every 2 s) loads it.
+    tx.rollback().await.unwrap();
+    let mut statuses = (0, 0);
+    for _ in 0..50 {
+        statuses = (balance(disabled_token).await, balance(ok_token).await);
+        if statuses == (401, 200) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(statuses, (401, 200));
+    assert_eq!(app.client.get(format!("{base}/readyz")).send().await.unwrap().status(), 200);
+}

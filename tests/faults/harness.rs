@@ -124,17 +124,24 @@ pub struct PgCluster {
     pub port: u16,
     dir: PathBuf,
     bin: PathBuf,
+    /// Extra server settings, e.g. `-c track_commit_timestamp=on`.
+    options: String,
 }
 
 impl PgCluster {
     pub fn start() -> Self {
+        Self::start_with("")
+    }
+
+    /// A private cluster started with extra server settings.
+    pub fn start_with(options: &str) -> Self {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
             .expect("PostgreSQL server installed (scripts/services.sh up)")
             .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
             .filter(|p| p.join("initdb").exists())
             .max()
             .expect("initdb");
-        let cluster = PgCluster { port: free_port(), dir: scratch_dir("pg"), bin };
+        let cluster = PgCluster { port: free_port(), dir: scratch_dir("pg"), bin, options: options.to_string() };
         cluster.as_postgres(&format!(
             "'{}' -D '{}/data' -A trust -U postgres --no-sync >/dev/null",
             cluster.tool("initdb"),
@@ -160,9 +167,10 @@ impl PgCluster {
     pub fn start_server(&self) {
         let dir = self.dir.display();
         self.as_postgres(&format!(
-            "'{}' -D '{dir}/data' -l '{dir}/pg.log' -w -t 60 start -o \"-p {} -k '{dir}' -c listen_addresses=127.0.0.1 -c fsync=off\" >/dev/null",
+            "'{}' -D '{dir}/data' -l '{dir}/pg.log' -w -t 60 start -o \"-p {} -k '{dir}' -c listen_addresses=127.0.0.1 -c fsync=off {}\" >/dev/null",
             self.tool("pg_ctl"),
-            self.port
+            self.port,
+            self.options
         ));
     }
 

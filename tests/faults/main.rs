@@ -7,4 +7,5 @@
 
 mod harness;
 mod load;
+mod pause;
 mod scenarios;
