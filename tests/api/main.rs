@@ -14,6 +14,7 @@ mod openapi;
 mod operations;
 mod reconciler;
 mod redemption;
+mod services;
 mod tokens;
 mod vouchers;
 mod wallet;
