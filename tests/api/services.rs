@@ -50,6 +50,22 @@ async fn fire(app: &TestApp, token: &str, calls: Vec<(&'static str, Value)>) -> 
     out
 }
 
+/// Like `fire`, while another transaction holds the user's wallet row for
+/// `hold_ms`: every call gets as far as the wallet before any commits, so
+/// the races the guards are for really happen (not one call after another).
+async fn fire_held(app: &TestApp, user: i64, hold_ms: u64, calls: Vec<(&'static str, Value)>) -> Vec<Response> {
+    let mut holder = app.state.pg.get().await.unwrap();
+    let tx = holder.transaction().await.unwrap();
+    tx.execute("SELECT 1 FROM wallets WHERE user_id = $1 FOR UPDATE", &[&user]).await.unwrap();
+    let release = async move {
+        tokio::time::sleep(std::time::Duration::from_millis(hold_ms)).await;
+        tx.commit().await.unwrap();
+    };
+    let token = wallet_token(app);
+    let (answers, ()) = tokio::join!(fire(app, &token, calls), release);
+    answers
+}
+
 async fn ledger_sum(app: &TestApp, user: i64) -> i64 {
     app.query_i64("SELECT coalesce(sum(amount), 0)::bigint FROM ledger WHERE user_id = $1", &[&user]).await
 }
@@ -62,7 +78,7 @@ async fn the_same_reference_20_times_at_once_is_one_debit() {
     assert_eq!(credit(&app, user, 100_000, "fund-1").await.status, 200);
 
     let body = json!({"user_id": user, "amount": 30_000, "reference": "D-1", "reason": "order 1"});
-    let answers = fire(&app, &wallet_token(&app), vec![("/wallet/debits", body.clone()); 20]).await;
+    let answers = fire_held(&app, user, 700, vec![("/wallet/debits", body.clone()); 20]).await;
     assert_eq!(count_status(&answers, 200), 20, "{:?}", answers.iter().map(|r| &r.body).collect::<Vec<_>>());
     let entries: BTreeSet<i64> = answers.iter().map(|r| r.body["entry_id"].as_i64().unwrap()).collect();
     assert_eq!(entries.len(), 1, "one ledger entry, the same answer for every call");
@@ -121,7 +137,7 @@ async fn debits_racing_credits_never_take_a_balance_below_zero() {
             ));
         }
     }
-    let answers = fire(&app, &wallet_token(&app), calls).await;
+    let answers = fire_held(&app, user, 700, calls).await;
     let (mut paid, mut refused, mut credited) = (0, 0, 0);
     for r in &answers {
         match (r.status.as_u16(), r.body["direction"].as_str(), r.error_code()) {
@@ -168,7 +184,7 @@ async fn two_top_ups_racing_for_one_voucher_spend_it_once() {
 
     // 10 top-ups (different references) race for the one voucher.
     let calls = (0..10).map(|i| ("/wallet/debits", topup(user, 100_000, &format!("t-{i}"), voucher, "mobile_topup")));
-    let answers = fire(&app, &wallet_token(&app), calls.collect()).await;
+    let answers = fire_held(&app, user, 700, calls.collect()).await;
     assert_eq!(count_status(&answers, 200), 1, "{:?}", answers.iter().map(|r| &r.body).collect::<Vec<_>>());
     assert!(answers.iter().filter(|r| r.status != 200).all(|r| r.error_code() == "voucher_used"));
     let won = answers.iter().find(|r| r.status == 200).unwrap();
