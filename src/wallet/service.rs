@@ -68,7 +68,9 @@ impl Movement {
                 return Err(ApiError::InvalidInput("voucher_id must be a positive voucher id".into()));
             }
             if !(1..=64).contains(&t.len()) || !t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-                return Err(ApiError::InvalidInput("purchase_type must be 1-64 characters of letters, digits or _".into()));
+                return Err(ApiError::InvalidInput(
+                    "purchase_type must be 1-64 characters of letters, digits or _".into(),
+                ));
             }
         }
         Ok(Movement { user_id, amount, reference, reason, voucher })
