@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fuzzes the running gateway with schemathesis against its own /openapi.json:
-# every operation, without a token, with a user token and with an admin token.
+# every operation, without a token, with a user token, with an admin token and
+# with a service token (all four scopes).
 # Checks: no 5xx (not_a_server_error) and responses that match the spec
 # (response_schema_conformance).
 #
@@ -77,6 +78,7 @@ start_gateway() {
   "$BIN" create-code --code FUZZ --amount 1000 --limit 1000000 >/dev/null
   USER_TOKEN=$("$BIN" token --user fuzz_user 2>/dev/null)
   ADMIN_TOKEN=$("$BIN" token --user fuzz_admin --admin 2>/dev/null)
+  SERVICE_TOKEN=$("$BIN" token --service fuzz --scope coupons:redeem,coupons:cancel,wallet:credit,wallet:debit 2>/dev/null)
   "$BIN" serve >"$OUT/gateway.log" 2>&1 &
   GATEWAY_PID=$!
   for _ in $(seq 1 100); do
@@ -177,6 +179,8 @@ main() {
   # end at the request timeout. Its refusals are fuzzed by the anonymous pass.
   run_pass admin -H "Authorization: Bearer $ADMIN_TOKEN" --exclude-path '/admin/codes/{code}/events'
   run_pass user -H "Authorization: Bearer $USER_TOKEN" --include-tag codes --include-tag wallet
+  # The checkout's and the top-up's calls (and the 403s of the user routes they share tags with).
+  run_pass service -H "Authorization: Bearer $SERVICE_TOKEN" --include-tag coupons --include-tag wallet
 
   printf '[fuzz] summary: requests tried=%s failures=%s (reports under %s)\n' \
     "$TOTAL_REQUESTS" "$TOTAL_FAILURES" "${OUT#"$ROOT"/}"

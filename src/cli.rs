@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 
-use crate::auth::{store as users, Role};
+use crate::auth::{store as users, Role, Scope};
 use crate::codes::admin::{create_code, CreateCode};
 use crate::config::Config;
 use crate::startup::{AppState, Application};
@@ -39,13 +39,20 @@ pub enum Command {
         #[arg(long)]
         ends_at: Option<DateTime<Utc>>,
     },
-    /// Print a bearer token for a user (created without a usable password if
-    /// missing), for operators and load tests. Prints the bare token.
+    /// Print a bearer token, bare. `--user NAME [--admin]`: a user token (the
+    /// user is created without a usable password if missing), for operators
+    /// and load tests. `--service NAME --scope a,b`: a service token for a
+    /// checkout or top-up service (scopes: coupons:redeem, coupons:cancel,
+    /// wallet:credit, wallet:debit), valid SERVICE_TOKEN_TTL_SECONDS.
     Token {
-        #[arg(long)]
-        user: String,
-        #[arg(long)]
+        #[arg(long, required_unless_present = "service", conflicts_with = "service")]
+        user: Option<String>,
+        #[arg(long, requires = "user")]
         admin: bool,
+        #[arg(long, requires = "scope")]
+        service: Option<String>,
+        #[arg(long, value_delimiter = ',', requires = "service")]
+        scope: Vec<String>,
     },
     /// Run one reconciler pass now and print what it did.
     Reconcile,
@@ -71,7 +78,22 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             println!("{}", serde_json::to_string(&code)?);
         }
-        Command::Token { user, admin } => {
+        Command::Token { service: Some(service), scope, .. } => {
+            let scopes = scope
+                .iter()
+                .map(|s| {
+                    Scope::parse(s.trim()).ok_or_else(|| {
+                        let known: Vec<&str> = Scope::ALL.iter().map(|s| s.as_str()).collect();
+                        anyhow::anyhow!("unknown scope {s:?} (known: {})", known.join(", "))
+                    })
+                })
+                .collect::<anyhow::Result<Vec<Scope>>>()?;
+            // No database: a service token is a signed statement, nothing stored.
+            let tokens = crate::auth::TokenKeys::new(&config);
+            println!("{}", tokens.issue_service(&service, &scopes).map_err(|e| anyhow::anyhow!("{e}"))?);
+        }
+        Command::Token { user, admin, .. } => {
+            let user = user.ok_or_else(|| anyhow::anyhow!("--user or --service is required"))?;
             let state = AppState::connect(config).await?;
             let user_id = find_or_create_user(&state, &user).await?;
             let role = if admin { Role::Admin } else { Role::User };

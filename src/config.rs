@@ -61,6 +61,11 @@ pub struct Config {
     pub jwt_issuer: String,
     pub jwt_audience: String,
     pub jwt_leeway_seconds: u64,
+    /// `aud` of service tokens. Differs from `jwt_audience`, so a user token
+    /// never verifies as a service token, nor the other way round.
+    pub service_jwt_audience: String,
+    /// Lifetime of a service token minted by `token --service`.
+    pub service_token_ttl: Duration,
     pub currency: String,
     /// IANA time zone new codes judge their day rules in, unless they say otherwise.
     pub default_time_zone: String,
@@ -200,6 +205,10 @@ impl Config {
             jwt_issuer: vars.or("JWT_ISSUER", "redeem-gateway"),
             jwt_audience: vars.or("JWT_AUDIENCE", "redeem-gateway"),
             jwt_leeway_seconds: vars.parse("JWT_LEEWAY_SECONDS", 5)?,
+            service_jwt_audience: vars
+                .get("SERVICE_JWT_AUDIENCE")
+                .unwrap_or_else(|| format!("{}:services", vars.or("JWT_AUDIENCE", "redeem-gateway"))),
+            service_token_ttl: Duration::from_secs(vars.parse("SERVICE_TOKEN_TTL_SECONDS", 30 * 86_400)?),
             currency: vars.or("CURRENCY", "TOMAN"),
             default_time_zone: vars.or("DEFAULT_TIME_ZONE", "Asia/Tehran"),
             weekend: parse_weekdays(&vars.or("WEEKEND_DAYS", "fri"))?,
@@ -249,6 +258,12 @@ impl Config {
                     reason: "is the same as JWT_SECRET (leave it empty unless rotating)".into(),
                 });
             }
+        }
+        if self.service_jwt_audience == self.jwt_audience {
+            return Err(ConfigError::Invalid {
+                name: "SERVICE_JWT_AUDIENCE",
+                reason: "must differ from JWT_AUDIENCE (a user token must never pass as a service token)".into(),
+            });
         }
         self.validate_rate_limits()?;
         if let Some(h) = &self.trusted_proxy_header {

@@ -25,6 +25,9 @@ pub enum ApiError {
     InvalidCredentials,
     #[error("{0}")]
     Forbidden(&'static str),
+    /// A service token without the scope the route needs.
+    #[error("this service token lacks the scope {0}")]
+    MissingScope(&'static str),
     #[error("{0} not found")]
     NotFound(&'static str),
     #[error("no such code")]
@@ -57,6 +60,24 @@ pub enum ApiError {
     AlreadyCancelled,
     #[error("you have used this code as many times as it allows")]
     PerUserLimit,
+    /// The order number already used this coupon for another user.
+    #[error("this order number is already recorded for another user with this coupon")]
+    OrderBelongsToAnotherUser,
+    /// A service named a user who is disabled.
+    #[error("this user is disabled")]
+    UserDisabled,
+    /// A debit larger than the balance; nothing was written.
+    #[error("the balance is lower than the amount to debit")]
+    InsufficientFunds,
+    /// The service reused a reference for a different movement.
+    #[error("this reference was already used for another movement (user, amount, direction or voucher differ)")]
+    ReferenceConflict,
+    #[error("this voucher has already been used")]
+    VoucherUsed,
+    #[error("this voucher has expired")]
+    VoucherExpired,
+    #[error("this voucher is for {0} purchases")]
+    VoucherWrongType(String),
     /// Transient: Redis or Postgres is unavailable, or the code's gate is being
     /// rebuilt. Safe to retry; nothing was taken.
     #[error("{0}")]
@@ -90,6 +111,14 @@ impl ApiError {
             ApiError::NotEligible(_) => "not_eligible",
             ApiError::AlreadyCancelled => "already_cancelled",
             ApiError::PerUserLimit => "per_user_limit",
+            ApiError::MissingScope(_) => "missing_scope",
+            ApiError::OrderBelongsToAnotherUser => "order_belongs_to_another_user",
+            ApiError::UserDisabled => "user_disabled",
+            ApiError::InsufficientFunds => "insufficient_funds",
+            ApiError::ReferenceConflict => "reference_conflict",
+            ApiError::VoucherUsed => "voucher_used",
+            ApiError::VoucherExpired => "voucher_expired",
+            ApiError::VoucherWrongType(_) => "voucher_wrong_type",
             ApiError::TryAgain(_) => "try_again",
             ApiError::TooManyRequests { .. } => "rate_limited",
             ApiError::Internal(_) => "internal",
@@ -149,14 +178,17 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             ApiError::MalformedJson(_) | ApiError::InvalidIdempotencyKey(_) => StatusCode::BAD_REQUEST,
-            ApiError::InvalidInput(_) | ApiError::NotEligible(_) | ApiError::IdempotencyKeyReused => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            ApiError::InvalidInput(_)
+            | ApiError::NotEligible(_)
+            | ApiError::IdempotencyKeyReused
+            | ApiError::UserDisabled
+            | ApiError::VoucherExpired
+            | ApiError::VoucherWrongType(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unauthorized(_) | ApiError::TokenExpired | ApiError::InvalidCredentials => {
                 StatusCode::UNAUTHORIZED
             }
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Forbidden(_) | ApiError::MissingScope(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) | ApiError::CodeNotFound => StatusCode::NOT_FOUND,
             ApiError::UsernameTaken
             | ApiError::CodeExists
@@ -164,7 +196,11 @@ impl ResponseError for ApiError {
             | ApiError::AlreadyRedeemedWith(_)
             | ApiError::IdempotencyInProgress
             | ApiError::AlreadyCancelled
-            | ApiError::PerUserLimit => StatusCode::CONFLICT,
+            | ApiError::PerUserLimit
+            | ApiError::OrderBelongsToAnotherUser
+            | ApiError::InsufficientFunds
+            | ApiError::ReferenceConflict
+            | ApiError::VoucherUsed => StatusCode::CONFLICT,
             ApiError::SoldOut => StatusCode::GONE,
             ApiError::TryAgain(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,

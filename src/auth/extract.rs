@@ -1,14 +1,18 @@
 //! Extractors that authenticate a request before its handler runs. A handler
-//! that takes `AuthUser` cannot be reached without a valid token; one that
-//! takes `AdminUser` cannot be reached without the admin role.
+//! that takes `AuthUser` cannot be reached without a valid user token; one that
+//! takes `AdminUser` cannot be reached without the admin role; one that takes
+//! `ServiceCaller<S>` cannot be reached without a service token holding the
+//! scope `S`. A valid token of the wrong kind is 403, never 401: the caller
+//! is known, the route is not theirs.
 
 use std::future::{ready, Ready};
+use std::marker::PhantomData;
 
 use actix_web::dev::Payload;
 use actix_web::http::header;
 use actix_web::{web, FromRequest, HttpRequest};
 
-use super::token::{Identity, Role};
+use super::token::{Identity, Role, Scope};
 use crate::error::ApiError;
 use crate::startup::AppState;
 
@@ -27,18 +31,31 @@ impl AuthUser {
 #[derive(Debug, Clone, Copy)]
 pub struct AdminUser(pub AuthUser);
 
-fn authenticate(req: &HttpRequest) -> Result<AuthUser, ApiError> {
-    let state =
-        req.app_data::<web::Data<AppState>>().ok_or_else(|| ApiError::internal(anyhow::anyhow!("AppState missing")))?;
+fn state_of(req: &HttpRequest) -> Result<&web::Data<AppState>, ApiError> {
+    req.app_data::<web::Data<AppState>>().ok_or_else(|| ApiError::internal(anyhow::anyhow!("AppState missing")))
+}
+
+fn bearer(req: &HttpRequest) -> Result<&str, ApiError> {
     let value = req.headers().get(header::AUTHORIZATION).ok_or(ApiError::Unauthorized("missing bearer token"))?;
-    let token = value
+    value
         .to_str()
         .ok()
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::trim)
         .filter(|t| !t.is_empty())
-        .ok_or(ApiError::Unauthorized("the Authorization header must be `Bearer <token>`"))?;
-    let Identity { user_id, role } = state.tokens.verify(token)?;
+        .ok_or(ApiError::Unauthorized("the Authorization header must be `Bearer <token>`"))
+}
+
+fn authenticate(req: &HttpRequest) -> Result<AuthUser, ApiError> {
+    let state = state_of(req)?;
+    let token = bearer(req)?;
+    let Identity { user_id, role } = state.tokens.verify(token).map_err(|e| {
+        if state.tokens.verify_service(token).is_ok() {
+            ApiError::Forbidden("a service token cannot call user or admin routes")
+        } else {
+            e
+        }
+    })?;
     if !state.disabled_users.is_loaded() {
         // Fail closed: whether this user is disabled is not known yet.
         return Err(ApiError::TryAgain("this gateway is still starting, try again shortly"));
@@ -70,5 +87,63 @@ impl FromRequest for AdminUser {
                 Err(ApiError::Forbidden("this needs the admin role"))
             }
         }))
+    }
+}
+
+/// The scope a `ServiceCaller` must hold; one marker type per scope.
+pub trait NeedsScope {
+    const SCOPE: Scope;
+}
+
+/// Marker types for `ServiceCaller<S>`.
+pub mod scope {
+    use super::{NeedsScope, Scope};
+
+    macro_rules! marker {
+        ($name:ident) => {
+            #[derive(Debug, Clone, Copy)]
+            pub struct $name;
+            impl NeedsScope for $name {
+                const SCOPE: Scope = Scope::$name;
+            }
+        };
+    }
+    marker!(CouponsRedeem);
+    marker!(CouponsCancel);
+    marker!(WalletCredit);
+    marker!(WalletDebit);
+}
+
+/// A service (a checkout, a top-up) calling with its own credential and the
+/// scope `S`. It acts for users it names; it is never a user or an admin.
+#[derive(Debug, Clone)]
+pub struct ServiceCaller<S> {
+    /// From the token's `sub` (`service:<name>`).
+    pub name: String,
+    _scope: PhantomData<S>,
+}
+
+fn authenticate_service<S: NeedsScope>(req: &HttpRequest) -> Result<ServiceCaller<S>, ApiError> {
+    let state = state_of(req)?;
+    let token = bearer(req)?;
+    let service = state.tokens.verify_service(token).map_err(|e| {
+        if state.tokens.verify(token).is_ok() {
+            ApiError::Forbidden("this route is for services; a user or admin token cannot call it")
+        } else {
+            e
+        }
+    })?;
+    if !service.scopes.contains(&S::SCOPE) {
+        return Err(ApiError::MissingScope(S::SCOPE.as_str()));
+    }
+    Ok(ServiceCaller { name: service.name, _scope: PhantomData })
+}
+
+impl<S: NeedsScope> FromRequest for ServiceCaller<S> {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(authenticate_service(req))
     }
 }

@@ -1,6 +1,7 @@
 //! Who is calling: registration and login (argon2id password hashes), JWT
-//! issue and verification, and the `AuthUser` / `AdminUser` extractors that
-//! every protected handler takes, so none can forget to check the token.
+//! issue and verification (user and service tokens), and the `AuthUser` /
+//! `AdminUser` / `ServiceCaller` extractors that every protected handler
+//! takes, so none can forget to check the token.
 
 pub mod disabled;
 pub mod extract;
@@ -9,5 +10,5 @@ pub mod routes;
 pub mod store;
 pub mod token;
 
-pub use extract::{AdminUser, AuthUser};
-pub use token::{Role, TokenKeys};
+pub use extract::{scope, AdminUser, AuthUser, ServiceCaller};
+pub use token::{Role, Scope, TokenKeys};

@@ -7,6 +7,12 @@
 //! previous one while `JWT_PREVIOUS_SECRET` is set) and refuses unknown kids.
 //! A token without a `kid` (issued before rotation existed) is checked against
 //! the current key only, so it lives out its TTL and nothing more.
+//!
+//! Two kinds of token, never interchangeable: user tokens (`aud` =
+//! JWT_AUDIENCE, a `role`) and service tokens (`aud` = SERVICE_JWT_AUDIENCE,
+//! `kind: "service"`, `scope`), minted by `redeem-gateway token --service`.
+//! Each kind is verified with its own audience and its own claim set, so a
+//! token of one kind fails the other's check three ways over.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -25,11 +31,21 @@ pub enum Role {
     Admin,
 }
 
+/// The `kind` claim. User tokens issued before it existed carry none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenKind {
+    User,
+    Service,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Claims {
     /// The user id, as a decimal string (RFC 7519 says `sub` is a string).
     pub sub: String,
     pub role: Role,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<TokenKind>,
     pub iss: String,
     pub aud: String,
     pub iat: u64,
@@ -40,6 +56,65 @@ pub struct Claims {
 pub struct Identity {
     pub user_id: i64,
     pub role: Role,
+}
+
+/// What a service may do; a service token lists its scopes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// Redeem a coupon for a user's order (POST /coupons/redeem).
+    CouponsRedeem,
+    /// Cancel a coupon use (POST /coupons/redemptions/{id}/cancel).
+    CouponsCancel,
+    /// Credit a user's wallet (POST /wallet/credits).
+    WalletCredit,
+    /// Debit a user's wallet, with or without a voucher (POST /wallet/debits).
+    WalletDebit,
+}
+
+impl Scope {
+    pub const ALL: [Scope; 4] = [Scope::CouponsRedeem, Scope::CouponsCancel, Scope::WalletCredit, Scope::WalletDebit];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::CouponsRedeem => "coupons:redeem",
+            Scope::CouponsCancel => "coupons:cancel",
+            Scope::WalletCredit => "wallet:credit",
+            Scope::WalletDebit => "wallet:debit",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Scope> {
+        Scope::ALL.into_iter().find(|s| s.as_str() == raw)
+    }
+}
+
+/// A service's name: 1-32 characters of `a-z 0-9 _ -`, starting with a letter
+/// or digit. It namespaces the service's wallet references.
+pub fn valid_service_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    (1..=32).contains(&b.len())
+        && b[0].is_ascii_alphanumeric()
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-')
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ServiceClaims {
+    /// `service:<name>`.
+    pub sub: String,
+    pub kind: TokenKind,
+    /// Space-separated scopes (as in RFC 8693), e.g. `coupons:redeem wallet:debit`.
+    pub scope: String,
+    pub iss: String,
+    pub aud: String,
+    pub iat: u64,
+    pub exp: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceIdentity {
+    pub name: String,
+    /// Scopes this server knows; unknown ones in a token grant nothing.
+    pub scopes: Vec<Scope>,
 }
 
 /// A key that verifies tokens carrying its `kid`.
@@ -55,9 +130,12 @@ pub struct TokenKeys {
     /// The current key first, then the previous one if configured.
     verifying: Vec<VerifyingKey>,
     validation: Validation,
+    service_validation: Validation,
     ttl: Duration,
+    service_ttl: Duration,
     issuer: String,
     audience: String,
+    service_audience: String,
 }
 
 impl TokenKeys {
@@ -68,6 +146,8 @@ impl TokenKeys {
         validation.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
         validation.leeway = config.jwt_leeway_seconds;
         validation.validate_exp = true;
+        let mut service_validation = validation.clone();
+        service_validation.set_audience(&[&config.service_jwt_audience]);
         let current_kid = config.jwt_kid.clone().unwrap_or_else(|| kid_of(&config.jwt_secret));
         let mut verifying = vec![VerifyingKey {
             kid: current_kid.clone(),
@@ -87,9 +167,12 @@ impl TokenKeys {
             encoding: EncodingKey::from_secret(config.jwt_secret.as_bytes()),
             verifying,
             validation,
+            service_validation,
             ttl: config.jwt_ttl,
+            service_ttl: config.service_token_ttl,
             issuer: config.jwt_issuer.clone(),
             audience: config.jwt_audience.clone(),
+            service_audience: config.service_jwt_audience.clone(),
         }
     }
 
@@ -118,14 +201,64 @@ impl TokenKeys {
         let claims = Claims {
             sub: user_id.to_string(),
             role,
+            kind: Some(TokenKind::User),
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
             iat: now,
             exp: now + self.ttl.as_secs(),
         };
+        self.sign(&claims)
+    }
+
+    fn sign(&self, claims: &impl Serialize) -> Result<String, ApiError> {
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some(self.current_kid.clone());
-        jsonwebtoken::encode(&header, &claims, &self.encoding).map_err(ApiError::internal)
+        jsonwebtoken::encode(&header, claims, &self.encoding).map_err(ApiError::internal)
+    }
+
+    /// A service token for `name` with `scopes`, valid for SERVICE_TOKEN_TTL_SECONDS.
+    pub fn issue_service(&self, name: &str, scopes: &[Scope]) -> Result<String, ApiError> {
+        if !valid_service_name(name) {
+            return Err(ApiError::InvalidInput("a service name is 1-32 characters of a-z 0-9 _ -".into()));
+        }
+        if scopes.is_empty() {
+            return Err(ApiError::InvalidInput("a service token needs at least one scope".into()));
+        }
+        let now = unix_now();
+        let scope: Vec<&str> = scopes.iter().map(|s| s.as_str()).collect();
+        let claims = ServiceClaims {
+            sub: format!("service:{name}"),
+            kind: TokenKind::Service,
+            scope: scope.join(" "),
+            iss: self.issuer.clone(),
+            aud: self.service_audience.clone(),
+            iat: now,
+            exp: now + self.service_ttl.as_secs(),
+        };
+        self.sign(&claims)
+    }
+
+    /// A service token's identity. User tokens fail here: wrong audience,
+    /// no `kind: "service"`, no `scope`.
+    pub fn verify_service(&self, token: &str) -> Result<ServiceIdentity, ApiError> {
+        let key = self.key_for(token)?;
+        let data = jsonwebtoken::decode::<ServiceClaims>(token, key, &self.service_validation).map_err(|e| match e
+            .kind()
+        {
+            ErrorKind::ExpiredSignature => ApiError::TokenExpired,
+            _ => ApiError::Unauthorized("invalid token"),
+        })?;
+        let claims = data.claims;
+        let name = claims
+            .sub
+            .strip_prefix("service:")
+            .filter(|n| valid_service_name(n))
+            .ok_or(ApiError::Unauthorized("invalid token subject"))?;
+        if claims.kind != TokenKind::Service {
+            return Err(ApiError::Unauthorized("invalid token"));
+        }
+        let scopes = claims.scope.split_ascii_whitespace().filter_map(Scope::parse).collect();
+        Ok(ServiceIdentity { name: name.to_string(), scopes })
     }
 
     pub fn verify(&self, token: &str) -> Result<Identity, ApiError> {
@@ -141,6 +274,9 @@ impl TokenKeys {
             .ok()
             .filter(|id| *id > 0)
             .ok_or(ApiError::Unauthorized("invalid token subject"))?;
+        if data.claims.kind == Some(TokenKind::Service) {
+            return Err(ApiError::Unauthorized("invalid token"));
+        }
         Ok(Identity { user_id, role: data.claims.role })
     }
 }
@@ -260,6 +396,51 @@ mod tests {
         let t = k.issue(42, Role::Admin).unwrap_or_default();
         let id = k.verify(&t).ok();
         assert!(matches!(id, Some(Identity { user_id: 42, role: Role::Admin })));
+    }
+
+    #[test]
+    fn user_and_service_tokens_never_pass_as_each_other() {
+        let k = keys();
+        let service = k.issue_service("checkout", &[Scope::CouponsRedeem, Scope::WalletDebit]).unwrap_or_default();
+        let id = k.verify_service(&service).ok();
+        assert_eq!(
+            id,
+            Some(ServiceIdentity { name: "checkout".into(), scopes: vec![Scope::CouponsRedeem, Scope::WalletDebit] })
+        );
+        assert!(k.verify(&service).is_err(), "a service token is not a user token");
+        for role in [Role::User, Role::Admin] {
+            let user = k.issue(7, role).unwrap_or_default();
+            assert!(k.verify_service(&user).is_err(), "a {role:?} token is not a service token");
+        }
+        // Hand-made tokens signed with the right key but mixing the kinds.
+        let now = unix_now();
+        let aud = "redeem-gateway:services";
+        let mixed = [
+            (
+                "user claims, service audience",
+                serde_json::json!({"sub":"7","role":"admin","iss":"redeem-gateway","aud":aud,"iat":now,"exp":now+60}),
+            ),
+            (
+                "service claims, user audience",
+                serde_json::json!({"sub":"service:x","kind":"service","scope":"wallet:debit","iss":"redeem-gateway","aud":"redeem-gateway","iat":now,"exp":now+60}),
+            ),
+            (
+                "service audience, kind user",
+                serde_json::json!({"sub":"service:x","kind":"user","scope":"wallet:debit","iss":"redeem-gateway","aud":aud,"iat":now,"exp":now+60}),
+            ),
+            (
+                "bad service name",
+                serde_json::json!({"sub":"service:X Y","kind":"service","scope":"wallet:debit","iss":"redeem-gateway","aud":aud,"iat":now,"exp":now+60}),
+            ),
+        ];
+        for (name, claims) in mixed {
+            let t = sign(claims, Algorithm::HS256, SECRET.as_bytes());
+            assert!(k.verify_service(&t).is_err() && k.verify(&t).is_err(), "{name} was accepted");
+        }
+        let kinded_user = serde_json::json!({"sub":"7","role":"user","kind":"service","iss":"redeem-gateway","aud":"redeem-gateway","iat":now,"exp":now+60});
+        assert!(k.verify(&sign(kinded_user, Algorithm::HS256, SECRET.as_bytes())).is_err());
+        assert!(k.issue_service("Bad Name", &[Scope::WalletDebit]).is_err());
+        assert!(k.issue_service("topup", &[]).is_err());
     }
 
     #[test]

@@ -1,27 +1,26 @@
-//! POST /coupons/quote, POST /coupons/redeem, POST /coupons/redemptions/{id}/cancel.
-//! A checkout passes the order; the coupon's rules decide eligibility and the
-//! discount; a use goes through the same gate as every other reward, with the
-//! order as the holder, so one order consumes at most one use.
-
-use std::sync::Arc;
-use std::time::Duration;
+//! POST /coupons/quote (a user), POST /coupons/redeem and POST
+//! /coupons/redemptions/{id}/cancel (the checkout service, naming the user).
+//! Prices, lines and the payment method of a redeemed order come from the
+//! checkout, never from the phone; the logic is in `service`.
 
 use actix_web::http::Method;
+use std::sync::Arc;
+
 use actix_web::{web, HttpRequest, HttpResponse};
-use chrono::Utc;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
+use tracing::Instrument;
 use utoipa::ToSchema;
 
-use super::store::{self, Cancelled, CouponUse, NewUse};
-use super::{quote, Context, Order, Quote};
-use crate::auth::AuthUser;
-use crate::codes::{CachedCode, CodeKind, CodeName};
-use crate::db::StoreError;
+use super::service::{self, CancelResponse, QuoteResponse};
+use super::store::CouponUse;
+use super::Order;
+use crate::auth::{scope, AuthUser, ServiceCaller};
+use crate::codes::CodeName;
 use crate::error::{ApiError, ErrorBody};
 use crate::http::{route, Json};
 use crate::idempotency::{self, IdempotencyKey};
 use crate::ratelimit::ClientAddr;
-use crate::redemption::service::{lookup, record_outcome, through_gate};
+use crate::redemption::service::record_outcome;
 use crate::startup::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -37,71 +36,16 @@ pub struct CouponRequest {
     order: Order,
 }
 
-/// Size limits on a checkout's order (the rules judge the rest).
-fn check_order(order: &Order) -> Result<(), ApiError> {
-    let short = |s: &str| !s.is_empty() && s.len() <= 64;
-    if !short(&order.number) || !short(&order.payment_method) {
-        return Err(ApiError::InvalidInput("order number and payment method must be 1-64 characters".into()));
-    }
-    if order.lines.is_empty() || order.lines.len() > 500 {
-        return Err(ApiError::InvalidInput("an order has 1-500 lines".into()));
-    }
-    if order.lines.iter().any(|l| !short(&l.sku) || !short(&l.category)) {
-        return Err(ApiError::InvalidInput("sku and category must be 1-64 characters".into()));
-    }
-    Ok(())
-}
-
-/// The coupon a checkout names, with code guessing limited: a code this
-/// gateway has never seen costs a peek at the caller's guessing budgets
-/// before the database is asked, and an unknown one takes a guess from them.
-async fn guarded_coupon(
-    state: &AppState,
+/// A checkout's redeem: the coupon, the user it acts for, and the order as
+/// the checkout priced it.
+#[derive(Deserialize, ToSchema)]
+pub struct RedeemRequest {
+    #[schema(example = "WEEKEND10")]
+    code: String,
+    /// The user who places the order.
+    #[schema(example = 42, minimum = 1)]
     user_id: i64,
-    addr: &ClientAddr,
-    raw: &str,
-) -> Result<Arc<CachedCode>, ApiError> {
-    let name = CodeName::parse(raw)?;
-    if !state.codes.has_entry(name.as_str()) {
-        state.limiter.guard_unknown_lookup(user_id, addr).await?;
-    }
-    let found = coupon(state, name.as_str()).await;
-    if matches!(found, Err(ApiError::CodeNotFound)) {
-        state.limiter.charge_unknown_code(user_id, addr).await?;
-    }
-    found
-}
-
-async fn coupon(state: &AppState, raw: &str) -> Result<Arc<CachedCode>, ApiError> {
-    let code = lookup(state, &CodeName::parse(raw)?).await?;
-    if code.code.kind != CodeKind::Coupon {
-        return Err(ApiError::CodeNotFound);
-    }
-    Ok(code)
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct QuoteResponse {
-    pub code: String,
-    #[serde(flatten)]
-    pub quote: Quote,
-    /// Set when the code itself cannot be used now (paused, ended, outside its window).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub not_active: Option<String>,
-}
-
-fn quote_for(state: &AppState, code: &CachedCode, user_id: i64, order: &Order) -> Result<QuoteResponse, ApiError> {
-    let rules = code.code.coupon_rules()?;
-    let reward = code.code.coupon_reward()?;
-    let ctx = Context { user_id, order, now: Utc::now(), tz: code.code.tz(), weekend: &state.config.weekend };
-    let mut q = quote(&rules, &reward, &ctx);
-    let not_active = code.code.check_redeemable(Utc::now()).err().map(|e| e.to_string());
-    if not_active.is_some() {
-        q.eligible = false;
-        q.discount = 0;
-        q.new_total = q.order_total;
-    }
-    Ok(QuoteResponse { code: code.code.code.clone(), quote: q, not_active })
+    order: Order,
 }
 
 /// Is the coupon eligible for this order, what is the discount, and why not.
@@ -111,6 +55,7 @@ fn quote_for(state: &AppState, code: &CachedCode, user_id: i64, order: &Order) -
         (status = 200, body = QuoteResponse),
         (status = 404, description = "code_not_found", body = ErrorBody),
         (status = 401, description = "unauthorized / token_expired", body = ErrorBody),
+        (status = 403, description = "forbidden: a service token", body = ErrorBody),
         (status = 400, description = "malformed_json", body = ErrorBody),
         (status = 422, description = "invalid_input", body = ErrorBody),
     (status = 429, description = "rate_limited (see Retry-After)", body = ErrorBody)))]
@@ -121,186 +66,90 @@ pub async fn quote_route(
     body: Json<CouponRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let CouponRequest { code, order } = body.into_inner();
-    check_order(&order)?;
-    let code = guarded_coupon(&state, user.user_id, &addr, &code).await?;
-    Ok(HttpResponse::Ok().json(quote_for(&state, &code, user.user_id, &order)?))
+    service::check_order(&order)?;
+    let code = service::guarded_coupon(&state, user.user_id, &addr, &code).await?;
+    Ok(HttpResponse::Ok().json(service::quote_for(&state, &code, user.user_id, &order)?))
 }
 
-/// Consume one use for this order and record its discount. Idempotent per
-/// (code, order number): a retry returns the same result (`replayed: true`)
-/// and consumes nothing more. An `Idempotency-Key` (kept 24 h per user,
-/// bound to this body) also replays refusals, and refuses the key with
-/// another body (422 `idempotency_key_reused`).
-#[utoipa::path(post, path = "/coupons/redeem", tag = "coupons", security(("bearer" = [])),
+/// Consume one use for this user's order and record its discount.
+/// Idempotent per (code, order number): a retry returns the same result
+/// (`replayed: true`) and consumes nothing more. An order number recorded
+/// for another user is refused, for good.
+///
+/// An `Idempotency-Key` (kept 24 h per user, bound to this body) also
+/// replays refusals, and refuses the key with another body (422
+/// `idempotency_key_reused`).
+#[utoipa::path(post, path = "/coupons/redeem", tag = "coupons", security(("service" = ["coupons:redeem"])),
     params(("Idempotency-Key" = Option<String>, Header,
         description = "1-255 visible ASCII characters (e.g. a UUID); kept 24 h per user")),
-    request_body = CouponRequest, responses(
+    request_body = RedeemRequest, responses(
         (status = 200, body = CouponUse,
             headers(("Idempotent-Replayed" = String, description = "`true` when replayed from the key's kept answer"))),
         (status = 404, description = "code_not_found", body = ErrorBody),
-        (status = 409, description = "per_user_limit: used up; already_redeemed: the order belongs to someone else; \
+        (status = 409, description = "per_user_limit: the user used it up; order_belongs_to_another_user: the order number is recorded for someone else; \
             idempotency_in_progress: a request with this key is running", body = ErrorBody),
         (status = 410, description = "sold_out", body = ErrorBody),
-        (status = 422, description = "not_eligible (the reasons are in the message) / invalid_input / idempotency_key_reused", body = ErrorBody),
+        (status = 422, description = "not_eligible (the reasons are in the message) / invalid_input / user_disabled / idempotency_key_reused", body = ErrorBody),
         (status = 503, description = "try_again", body = ErrorBody),
         (status = 401, description = "unauthorized / token_expired", body = ErrorBody),
-        (status = 400, description = "malformed_json / invalid_idempotency_key", body = ErrorBody),
+        (status = 403, description = "forbidden: not a service token; missing_scope: no coupons:redeem", body = ErrorBody),
+        (status = 400, description = "malformed_json", body = ErrorBody),
     (status = 429, description = "rate_limited (see Retry-After)", body = ErrorBody)))]
 pub async fn redeem_route(
     state: web::Data<AppState>,
-    user: AuthUser,
-    addr: ClientAddr,
+    _caller: ServiceCaller<scope::CouponsRedeem>,
     req: HttpRequest,
-    body: Json<CouponRequest>,
+    body: Json<RedeemRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let key = IdempotencyKey::from_request(&req)?;
-    let CouponRequest { code, order } = body.into_inner();
-    check_order(&order)?;
+    let RedeemRequest { code, user_id, order } = body.into_inner();
+    if user_id <= 0 {
+        return Err(ApiError::InvalidInput("user_id must be a positive user id".into()));
+    }
+    service::check_order(&order)?;
     let name = CodeName::parse(&code)?;
     let state = state.into_inner();
     let Some(key) = key else {
-        return Ok(HttpResponse::Ok().json(guarded_redeem(&state, user.user_id, &addr, name, order).await?));
+        return Ok(HttpResponse::Ok().json(detached_redeem(&state, user_id, name, order).await?));
     };
-    let request = serde_json::json!({ "code": name.as_str(), "order": &order });
+    let request = serde_json::json!({ "code": name.as_str(), "user_id": user_id, "order": &order });
     let fingerprint = idempotency::fingerprint("POST /coupons/redeem", &request);
     // A use is already idempotent per (code, order) and read back from
     // Postgres on a retry, so every attempt under the key runs the same way.
-    idempotency::run(&state, user.user_id, &key, &fingerprint, |_| {
-        guarded_redeem(&state, user.user_id, &addr, name, order)
-    })
-    .await
+    idempotency::run(&state, user_id, &key, &fingerprint, |_| detached_redeem(&state, user_id, name, order)).await
 }
 
-async fn guarded_redeem(
+/// Detached: a client hanging up must not cut the gate path in half.
+async fn detached_redeem(
     state: &Arc<AppState>,
     user_id: i64,
-    addr: &ClientAddr,
     name: CodeName,
     order: Order,
 ) -> Result<CouponUse, ApiError> {
-    guarded_coupon(state, user_id, addr, name.as_str()).await?;
     let state = state.clone();
-    // Detached: a client hanging up must not cut the gate path in half.
-    actix_web::rt::spawn(async move {
-        let result = redeem(&state, user_id, &name, order).await;
+    let work = async move {
+        let result = service::redeem(&state, user_id, &name, order).await;
         record_outcome(&name, &result);
         result
-    })
-    .await
-    .map_err(ApiError::internal)?
-}
-
-async fn redeem(state: &Arc<AppState>, user_id: i64, name: &CodeName, order: Order) -> Result<CouponUse, ApiError> {
-    let code = coupon(state, name.as_str()).await?;
-    if let Some(done) = recorded_use(state, &code, &order.number).await? {
-        return replay(done, user_id);
-    }
-    let q = quote_for(state, &code, user_id, &order)?;
-    if let Some(why) = q.not_active {
-        return Err(ApiError::NotEligible(why));
-    }
-    if !q.quote.eligible {
-        let reasons: Vec<&str> = q.quote.reasons.iter().map(|r| r.code()).collect();
-        return Err(ApiError::NotEligible(format!("not eligible: {}", reasons.join(", "))));
-    }
-    let holder = format!("order:{}", order.number);
-    let (code_id, code_name) = (code.code.id, code.code.code.clone());
-    let (order_total, discount) = (q.quote.order_total, q.quote.discount);
-    let result = through_gate(state, &code, user_id, &holder, |ticket| {
-        let (code_name, number) = (code_name.clone(), order.number.clone());
-        async move {
-            let db = state.pg.get().await?;
-            let new =
-                NewUse { code_id, code: &code_name, user_id, order_number: &number, ticket, order_total, discount };
-            store::record_use(&db, &new).await
-        }
-    })
-    .await;
-    match result {
-        // The order's holder is claimed: another request for it is in flight
-        // or done. Wait for its row and answer the same.
-        Err(ApiError::AlreadyRedeemed) => match wait_for_use(state, &code, &order.number).await? {
-            Some(done) => replay(done, user_id),
-            None => Err(ApiError::AlreadyRedeemed),
-        },
-        other => other,
-    }
-}
-
-fn replay(done: CouponUse, user_id: i64) -> Result<CouponUse, ApiError> {
-    if done.user_id == user_id {
-        Ok(done)
-    } else {
-        Err(ApiError::AlreadyRedeemed)
-    }
-}
-
-async fn recorded_use(state: &AppState, code: &CachedCode, number: &str) -> Result<Option<CouponUse>, ApiError> {
-    let db = state.pg.get().await.map_err(StoreError::from)?;
-    Ok(store::find_use(&db, code.code.id, number).await?)
-}
-
-/// Polls for the order's use while a concurrent request commits it (bounded
-/// by the statement timeout, so never longer than a commit can take).
-async fn wait_for_use(state: &AppState, code: &CachedCode, number: &str) -> Result<Option<CouponUse>, ApiError> {
-    let deadline = tokio::time::Instant::now() + state.config.pg_statement_timeout + Duration::from_secs(1);
-    loop {
-        if let Some(done) = recorded_use(state, code, number).await? {
-            return Ok(Some(done));
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(ApiError::TryAgain("this order's coupon is still being applied"));
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct CancelResponse {
-    pub redemption_id: i64,
-    pub status: &'static str,
+    };
+    actix_web::rt::spawn(work.instrument(tracing::Span::current())).await.map_err(ApiError::internal)?
 }
 
 /// The order was cancelled: the coupon's use goes back (the slot is
-/// redeemable again), exactly once. The order's owner or an admin may cancel.
-#[utoipa::path(post, path = "/coupons/redemptions/{id}/cancel", tag = "coupons", security(("bearer" = [])),
+/// redeemable again), exactly once.
+#[utoipa::path(post, path = "/coupons/redemptions/{id}/cancel", tag = "coupons", security(("service" = ["coupons:cancel"])),
     params(("id" = i64, Path, description = "redemption_id from /coupons/redeem")), responses(
         (status = 200, body = CancelResponse),
         (status = 409, description = "already_cancelled", body = ErrorBody),
         (status = 404, description = "not_found", body = ErrorBody),
         (status = 401, description = "unauthorized / token_expired", body = ErrorBody),
-        (status = 422, description = "invalid_input", body = ErrorBody)))]
+        (status = 403, description = "forbidden: not a service token; missing_scope: no coupons:cancel", body = ErrorBody),
+        (status = 422, description = "invalid_input", body = ErrorBody),
+        (status = 503, description = "try_again", body = ErrorBody)))]
 pub async fn cancel_route(
     state: web::Data<AppState>,
-    user: AuthUser,
+    _caller: ServiceCaller<scope::CouponsCancel>,
     path: web::Path<i64>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = path.into_inner();
-    let db = state.pg.get().await.map_err(StoreError::from)?;
-    // Someone else's redemption is answered as if it did not exist.
-    match store::owner_of(&db, id).await? {
-        Some(owner) if owner == user.user_id || user.is_admin() => {}
-        _ => return Err(ApiError::NotFound("coupon redemption")),
-    }
-    let (code, order_number, ticket, first) = match store::cancel(&db, id).await? {
-        Cancelled::NotFound => return Err(ApiError::NotFound("coupon redemption")),
-        Cancelled::Now { code, order_number, ticket, .. } => (code, order_number, ticket, true),
-        Cancelled::Already { code, order_number, ticket, .. } => (code, order_number, ticket, false),
-    };
-    // Give the ticket back, from the row's word: through the order's claim,
-    // or, if Redis forgot the claim, only if no claim holds the ticket and it
-    // is not free already (lua/cancel.lua), so a repeat (or a retry after a
-    // failed step) can never return it twice. If Redis is down now, the
-    // reconciler's audit gives it back (the cancel bumped codes.slot_changes).
-    let holder = format!("order:{order_number}");
-    state.gate.give_back(&code, &holder, ticket).await?;
-    if let Some(hints) = state.codes.hints_of(&code) {
-        hints.clear_sold_out();
-    }
-    if first {
-        tracing::info!(code, order_number, ticket, "coupon use cancelled");
-        Ok(HttpResponse::Ok().json(CancelResponse { redemption_id: id, status: "cancelled" }))
-    } else {
-        Err(ApiError::AlreadyCancelled)
-    }
+    Ok(HttpResponse::Ok().json(service::cancel(&state, path.into_inner()).await?))
 }

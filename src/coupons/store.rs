@@ -109,7 +109,7 @@ pub async fn record_use(db: &impl GenericClient, new: &NewUse<'_>) -> Result<Com
             Some(Conflict::TicketOutOfRange) => Ok(Commit::TicketOutOfRange),
             Some(Conflict::UserSlotTaken) => Ok(Commit::Refused(ApiError::TryAgain("please try again"))),
             Some(Conflict::PerUserLimit) => Ok(Commit::Refused(ApiError::PerUserLimit)),
-            Some(Conflict::UnknownUser) => Ok(Commit::Refused(ApiError::Unauthorized("the user does not exist"))),
+            Some(Conflict::UnknownUser) => Ok(Commit::Refused(ApiError::NotFound("user"))),
             Some(Conflict::NotRedeemable(why)) => Ok(Commit::Refused(why.into())),
             _ => Err(e.into()),
         },

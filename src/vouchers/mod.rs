@@ -2,4 +2,5 @@
 //! percentage voucher, once each, through the same gate as credit codes.
 
 pub mod routes;
+pub mod service;
 pub mod store;

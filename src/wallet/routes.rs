@@ -1,20 +1,24 @@
-//! POST /wallet/balance and GET /wallet/transactions.
+//! POST /wallet/balance and GET /wallet/transactions (users), POST
+//! /wallet/credits and POST /wallet/debits (services).
 
 use actix_web::http::Method;
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use super::service::{self, Movement, MovementDone, VoucherUse};
 use super::store;
-use crate::auth::{store as users, AuthUser};
+use crate::auth::{scope, store as users, AuthUser, ServiceCaller};
 use crate::db::StoreError;
 use crate::error::{ApiError, ErrorBody};
-use crate::http::{parse_json_or_default, route, Query};
+use crate::http::{parse_json_or_default, route, Json, Query};
 use crate::startup::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     route(cfg, Method::POST, "/wallet/balance", balance);
     route(cfg, Method::GET, "/wallet/transactions", transactions);
+    route(cfg, Method::POST, "/wallet/credits", credit);
+    route(cfg, Method::POST, "/wallet/debits", debit);
 }
 
 #[derive(Deserialize, Default, ToSchema)]
@@ -70,11 +74,12 @@ pub struct TransactionsPage {
     next_before: Option<i64>,
 }
 
-/// The caller's ledger, newest first.
+/// The caller's ledger, newest first: credits (positive) and debits (negative).
 #[utoipa::path(get, path = "/wallet/transactions", tag = "wallet", security(("bearer" = [])),
     params(TransactionsQuery), responses(
         (status = 200, body = TransactionsPage),
         (status = 401, description = "unauthorized / token_expired", body = ErrorBody),
+        (status = 403, description = "forbidden: a service token", body = ErrorBody),
         (status = 422, description = "invalid_input", body = ErrorBody)))]
 pub async fn transactions(
     state: web::Data<AppState>,
@@ -89,4 +94,102 @@ pub async fn transactions(
     let items = store::transactions(&db, user.user_id, query.before, limit).await?;
     let next_before = if items.len() as i64 == limit { items.last().map(|e| e.id) } else { None };
     Ok(HttpResponse::Ok().json(TransactionsPage { items, next_before }))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreditRequest {
+    /// The user whose wallet is credited.
+    #[schema(example = 42, minimum = 1)]
+    user_id: i64,
+    /// Whole units of the wallet's currency, 1 to 10^12.
+    #[schema(example = 250000, minimum = 1, maximum = 1000000000000.0)]
+    amount: i64,
+    /// The caller's id for this movement, unique per service: a retry with
+    /// the same reference is answered with the first movement. 1-100
+    /// characters of `A-Z a-z 0-9 . _ : -`.
+    #[schema(example = "refund-ORD-1001", min_length = 1, max_length = 100, pattern = "^[A-Za-z0-9._:-]{1,100}$")]
+    reference: String,
+    /// Shown in the user's history. 1-200 characters.
+    #[schema(example = "refund of order ORD-1001", min_length = 1, max_length = 200)]
+    reason: String,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DebitRequest {
+    /// The user whose wallet pays.
+    #[schema(example = 42, minimum = 1)]
+    user_id: i64,
+    /// The purchase's price: whole units, 1 to 10^12. With a voucher the
+    /// wallet pays `amount - min(percent x amount, max_amount)` (floored).
+    #[schema(example = 100000, minimum = 1, maximum = 1000000000000.0)]
+    amount: i64,
+    /// As for credits: unique per service, a retry replays the first answer.
+    #[schema(example = "topup-T-88", min_length = 1, max_length = 100, pattern = "^[A-Za-z0-9._:-]{1,100}$")]
+    reference: String,
+    #[schema(example = "mobile top-up 0912...", min_length = 1, max_length = 200)]
+    reason: String,
+    /// A voucher of this user to spend on the purchase (needs `purchase_type`).
+    #[schema(example = 17, minimum = 1)]
+    voucher_id: Option<i64>,
+    /// What is bought, e.g. `mobile_topup`; the voucher must be of this type.
+    #[schema(example = "mobile_topup", min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_]{1,64}$")]
+    purchase_type: Option<String>,
+}
+
+/// Credit a user's wallet, exactly once per reference. A retry (same
+/// reference, user and amount) returns the first entry with `replayed: true`.
+#[utoipa::path(post, path = "/wallet/credits", tag = "wallet", security(("service" = ["wallet:credit"])),
+    request_body = CreditRequest, responses(
+        (status = 200, body = MovementDone),
+        (status = 404, description = "not_found: no such user", body = ErrorBody),
+        (status = 409, description = "reference_conflict: the reference was used for another movement", body = ErrorBody),
+        (status = 401, description = "unauthorized / token_expired", body = ErrorBody),
+        (status = 403, description = "forbidden: not a service token; missing_scope: no wallet:credit", body = ErrorBody),
+        (status = 400, description = "malformed_json", body = ErrorBody),
+        (status = 413, description = "payload_too_large", body = ErrorBody),
+        (status = 422, description = "invalid_input / user_disabled", body = ErrorBody),
+        (status = 503, description = "try_again", body = ErrorBody)))]
+pub async fn credit(
+    state: web::Data<AppState>,
+    caller: ServiceCaller<scope::WalletCredit>,
+    body: Json<CreditRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let CreditRequest { user_id, amount, reference, reason } = body.into_inner();
+    let movement = Movement::parse(user_id, amount, reference, reason, None)?;
+    let done: MovementDone = service::credit(&state, &caller.name, movement).await?;
+    Ok(HttpResponse::Ok().json(done))
+}
+
+/// Debit a user's wallet (a purchase paid from it), exactly once per
+/// reference, never below a zero balance. With `voucher_id` and
+/// `purchase_type` it is a top-up paid partly by the voucher: the voucher
+/// must be the user's, unexpired, unused and of that type, and it is spent
+/// in the same transaction as the debit.
+#[utoipa::path(post, path = "/wallet/debits", tag = "wallet", security(("service" = ["wallet:debit"])),
+    request_body = DebitRequest, responses(
+        (status = 200, body = MovementDone),
+        (status = 404, description = "not_found: no such user, or no such voucher of this user", body = ErrorBody),
+        (status = 409, description = "insufficient_funds (nothing written) / reference_conflict / voucher_used", body = ErrorBody),
+        (status = 422, description = "invalid_input / voucher_expired / voucher_wrong_type / user_disabled", body = ErrorBody),
+        (status = 401, description = "unauthorized / token_expired", body = ErrorBody),
+        (status = 403, description = "forbidden: not a service token; missing_scope: no wallet:debit", body = ErrorBody),
+        (status = 400, description = "malformed_json", body = ErrorBody),
+        (status = 413, description = "payload_too_large", body = ErrorBody),
+        (status = 503, description = "try_again", body = ErrorBody)))]
+pub async fn debit(
+    state: web::Data<AppState>,
+    caller: ServiceCaller<scope::WalletDebit>,
+    body: Json<DebitRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let DebitRequest { user_id, amount, reference, reason, voucher_id, purchase_type } = body.into_inner();
+    let voucher = match (voucher_id, purchase_type) {
+        (Some(voucher_id), Some(purchase_type)) => Some(VoucherUse { voucher_id, purchase_type }),
+        (None, None) => None,
+        (Some(_), None) => return Err(ApiError::InvalidInput("a voucher needs the purchase_type it pays for".into())),
+        (None, Some(_)) => return Err(ApiError::InvalidInput("purchase_type is only used with a voucher_id".into())),
+    };
+    let movement = Movement::parse(user_id, amount, reference, reason, voucher)?;
+    Ok(HttpResponse::Ok().json(service::debit(&state, &caller.name, movement).await?))
 }

@@ -53,12 +53,13 @@ async fn vouchers_and_coupons_are_refused_by_the_commit_too() {
     let app = spawn_app().await;
     app.create(voucher_campaign("VPAUSE", 10)).await;
     app.create(coupon("CPAUSE", 10, 1, json!({}))).await;
-    let (_, token) = app.create_users(1).await.remove(0);
+    let (user_id, token) = app.create_users(1).await.remove(0);
     // Warm the coupon's cache entry.
     let quote = app.post("/coupons/quote", json!({"code": "CPAUSE", "order": order("P-0")}), Some(&token)).await;
     assert_eq!(quote.status, 200);
     behind_the_back(&app, "UPDATE codes SET status = 'paused' WHERE code = $1", "CPAUSE").await;
-    let res = app.post("/coupons/redeem", json!({"code": "CPAUSE", "order": order("P-1")}), Some(&token)).await;
+    let body = json!({"code": "CPAUSE", "user_id": user_id, "order": order("P-1")});
+    let res = app.post("/coupons/redeem", body, Some(&app.checkout_token())).await;
     assert_eq!((res.status.as_u16(), res.error_code()), (422, "not_eligible"), "{:?}", res.body);
     assert_eq!(app.query_i64("SELECT count(*) FROM coupon_redemptions", &[]).await, 0);
 

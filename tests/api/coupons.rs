@@ -1,4 +1,5 @@
-//! Checkout coupons: quote, idempotent redeem per order, cancel once.
+//! Checkout coupons: quote (a user), idempotent redeem per order and cancel
+//! once (the checkout service, naming the user); an order number is one user's.
 
 use redeem_gateway::codes::admin::CreateCode;
 use redeem_gateway::codes::CodeKind;
@@ -26,15 +27,21 @@ pub fn order(number: &str) -> Value {
     ]})
 }
 
-async fn redeem(app: &TestApp, token: &str, code: &str, number: &str) -> Response {
-    app.post("/coupons/redeem", json!({"code": code, "order": order(number)}), Some(token)).await
+/// The checkout redeems `code` for `user_id`'s order `number`.
+async fn redeem(app: &TestApp, user_id: i64, code: &str, number: &str) -> Response {
+    let body = json!({"code": code, "user_id": user_id, "order": order(number)});
+    app.post("/coupons/redeem", body, Some(&app.checkout_token())).await
+}
+
+async fn cancel(app: &TestApp, id: i64) -> Response {
+    app.post(&format!("/coupons/redemptions/{id}/cancel"), json!({}), Some(&app.checkout_token())).await
 }
 
 #[tokio::test]
 async fn a_quote_gives_the_discount_or_the_reasons_and_consumes_nothing() {
     let app = spawn_app().await;
     app.create(coupon("MOBILE10", 5, 1, json!({"categories": ["mobile"], "payment_methods": ["card"]}))).await;
-    let (_, token) = app.create_users(1).await.remove(0);
+    let (user, token) = app.create_users(1).await.remove(0);
     let res = app.post("/coupons/quote", json!({"code": "mobile10", "order": order("A-1")}), Some(&token)).await;
     assert_eq!(res.status, 200, "{:?}", res.body);
     // 10% of the mobile lines only (200,000), floor: 20,000.
@@ -50,7 +57,8 @@ async fn a_quote_gives_the_discount_or_the_reasons_and_consumes_nothing() {
     let gate = app.state.gate.snapshot("MOBILE10").await.unwrap().unwrap();
     assert_eq!(gate.remaining(), 5, "quotes consume nothing");
     // Not eligible is refused at redeem too, with the reasons.
-    let res = app.post("/coupons/redeem", json!({"code": "MOBILE10", "order": cash}), Some(&token)).await;
+    let body = json!({"code": "MOBILE10", "user_id": user, "order": cash});
+    let res = app.post("/coupons/redeem", body, Some(&app.checkout_token())).await;
     assert_eq!((res.status.as_u16(), res.error_code()), (422, "not_eligible"));
     assert!(res.body["error"]["message"].as_str().unwrap().contains("payment_method_not_allowed"));
 }
@@ -59,7 +67,8 @@ async fn a_quote_gives_the_discount_or_the_reasons_and_consumes_nothing() {
 async fn the_same_order_redeemed_20_times_at_once_is_one_use() {
     let app = spawn_app().await;
     let code = app.create(coupon("ONCEPERORDER", 50, 5, json!({}))).await;
-    let (_, token) = app.create_users(1).await.remove(0);
+    let (user, _) = app.create_users(1).await.remove(0);
+    let token = app.checkout_token();
     let tasks: Vec<_> = (0..20)
         .map(|_| {
             let (client, url, token) = (app.client.clone(), format!("{}/coupons/redeem", app.address), token.clone());
@@ -67,7 +76,7 @@ async fn the_same_order_redeemed_20_times_at_once_is_one_use() {
                 let res = client
                     .post(url)
                     .bearer_auth(token)
-                    .json(&json!({"code": "ONCEPERORDER", "order": order("ORD-7")}))
+                    .json(&json!({"code": "ONCEPERORDER", "user_id": user, "order": order("ORD-7")}))
                     .send()
                     .await
                     .unwrap();
@@ -98,10 +107,11 @@ async fn a_coupon_burst_with_repeated_orders_never_passes_the_limit() {
     let users = app.create_users(30).await;
     // 30 users, each sends its order 4 times at once: 120 requests, 30 orders, 10 uses.
     let mut tasks = vec![];
-    for (i, (_, token)) in users.iter().enumerate() {
+    let token = app.checkout_token();
+    for (i, (user, _)) in users.iter().enumerate() {
         for _ in 0..4 {
             let (client, url, token) = (app.client.clone(), format!("{}/coupons/redeem", app.address), token.clone());
-            let body = json!({"code": "TEN", "order": order(&format!("B-{i}"))});
+            let body = json!({"code": "TEN", "user_id": user, "order": order(&format!("B-{i}"))});
             tasks.push(tokio::spawn(async move {
                 let res = client.post(url).bearer_auth(token).json(&body).send().await.unwrap();
                 (i, res.status().as_u16(), res.json::<Value>().await.unwrap())
@@ -131,15 +141,16 @@ async fn cancel_gives_the_use_back_exactly_once_even_when_called_concurrently() 
     let app = spawn_app().await;
     app.create(coupon("LASTONE", 1, 1, json!({}))).await;
     let users = app.create_users(3).await;
-    let res = redeem(&app, &users[0].1, "LASTONE", "C-1").await;
+    let res = redeem(&app, users[0].0, "LASTONE", "C-1").await;
     assert_eq!(res.status, 200, "{:?}", res.body);
     let id = res.body["redemption_id"].as_i64().unwrap();
-    assert_eq!(redeem(&app, &users[1].1, "LASTONE", "C-2").await.status, 410);
+    assert_eq!(redeem(&app, users[1].0, "LASTONE", "C-2").await.status, 410);
 
+    let token = app.checkout_token();
     let tasks: Vec<_> = (0..10)
         .map(|_| {
             let (client, url, token) =
-                (app.client.clone(), format!("{}/coupons/redemptions/{id}/cancel", app.address), users[0].1.clone());
+                (app.client.clone(), format!("{}/coupons/redemptions/{id}/cancel", app.address), token.clone());
             tokio::spawn(async move { client.post(url).bearer_auth(token).send().await.unwrap().status().as_u16() })
         })
         .collect();
@@ -152,14 +163,11 @@ async fn cancel_gives_the_use_back_exactly_once_even_when_called_concurrently() 
     let gate = app.state.gate.snapshot("LASTONE").await.unwrap().unwrap();
     assert_eq!(gate.remaining(), 1, "one use back, not more");
 
-    // Someone else's redemption cannot be cancelled (it looks absent).
-    let res = app.post(&format!("/coupons/redemptions/{id}/cancel"), json!({}), Some(&users[1].1)).await;
-    assert_eq!(res.status, 404);
     // The slot is redeemable again, once.
-    assert_eq!(redeem(&app, &users[1].1, "LASTONE", "C-2").await.status, 200);
-    assert_eq!(redeem(&app, &users[2].1, "LASTONE", "C-3").await.status, 410);
+    assert_eq!(redeem(&app, users[1].0, "LASTONE", "C-2").await.status, 200);
+    assert_eq!(redeem(&app, users[2].0, "LASTONE", "C-3").await.status, 410);
     // The cancelled order stays cancelled: a retry replays it, consuming nothing.
-    let res = redeem(&app, &users[0].1, "LASTONE", "C-1").await;
+    let res = redeem(&app, users[0].0, "LASTONE", "C-1").await;
     assert_eq!((res.status.as_u16(), res.body["status"].as_str()), (200, Some("cancelled")));
 }
 
@@ -167,16 +175,112 @@ async fn cancel_gives_the_use_back_exactly_once_even_when_called_concurrently() 
 async fn the_per_user_limit_counts_applied_orders() {
     let app = spawn_app().await;
     app.create(coupon("TWICE", 100, 2, json!({}))).await;
-    let (_, token) = app.create_users(1).await.remove(0);
-    assert_eq!(redeem(&app, &token, "TWICE", "P-1").await.status, 200);
-    let second = redeem(&app, &token, "TWICE", "P-2").await;
+    let (user, _) = app.create_users(1).await.remove(0);
+    assert_eq!(redeem(&app, user, "TWICE", "P-1").await.status, 200);
+    let second = redeem(&app, user, "TWICE", "P-2").await;
     assert_eq!(second.status, 200);
-    let res = redeem(&app, &token, "TWICE", "P-3").await;
+    let res = redeem(&app, user, "TWICE", "P-3").await;
     assert_eq!((res.status.as_u16(), res.error_code()), (409, "per_user_limit"));
     let gate = app.state.gate.snapshot("TWICE").await.unwrap().unwrap();
     assert_eq!(gate.remaining(), 98, "the refused third use gave its ticket back");
     // Cancelling one frees a per-user slot.
     let id = second.body["redemption_id"].as_i64().unwrap();
-    assert_eq!(app.post(&format!("/coupons/redemptions/{id}/cancel"), json!({}), Some(&token)).await.status, 200);
-    assert_eq!(redeem(&app, &token, "TWICE", "P-3").await.status, 200);
+    assert_eq!(cancel(&app, id).await.status, 200);
+    assert_eq!(redeem(&app, user, "TWICE", "P-3").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_order_number_belongs_to_the_first_user_it_was_redeemed_for() {
+    let app = spawn_app().await;
+    let code = app.create(coupon("MINE", 10, 1, json!({}))).await;
+    let users = app.create_users(2).await;
+    let (a, b) = (users[0].0, users[1].0);
+    let first = redeem(&app, a, "MINE", "ORD-A-1").await;
+    assert_eq!(first.status, 200, "{:?}", first.body);
+    // B names A's order: refused with what really happened, nothing consumed.
+    let res = redeem(&app, b, "MINE", "ORD-A-1").await;
+    assert_eq!((res.status.as_u16(), res.error_code()), (409, "order_belongs_to_another_user"), "{:?}", res.body);
+    // A's retry still replays A's use.
+    let again = redeem(&app, a, "MINE", "ORD-A-1").await;
+    assert_eq!((again.status.as_u16(), again.body["replayed"].as_bool()), (200, Some(true)));
+    assert_eq!(again.body["redemption_id"], first.body["redemption_id"]);
+    // Still B's after A's use is cancelled: the number stays A's for this code.
+    cancel(&app, first.body["redemption_id"].as_i64().unwrap()).await;
+    let res = redeem(&app, b, "MINE", "ORD-A-1").await;
+    assert_eq!(res.error_code(), "order_belongs_to_another_user");
+
+    // Racing: A and B send one fresh order number at once, 10 times each.
+    let token = app.checkout_token();
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let user = if i % 2 == 0 { a } else { b };
+            let (client, url, token) = (app.client.clone(), format!("{}/coupons/redeem", app.address), token.clone());
+            tokio::spawn(async move {
+                let body = json!({"code": "MINE", "user_id": user, "order": order("ORD-RACE")});
+                let res = client.post(url).bearer_auth(token).json(&body).send().await.unwrap();
+                (user, res.status().as_u16(), res.json::<Value>().await.unwrap())
+            })
+        })
+        .collect();
+    let mut answers = vec![];
+    for t in tasks {
+        answers.push(t.await.unwrap());
+    }
+    let winners: std::collections::BTreeSet<i64> =
+        answers.iter().filter(|(_, s, _)| *s == 200).map(|(u, _, _)| *u).collect();
+    assert_eq!(winners.len(), 1, "one user holds the order: {answers:?}");
+    let winner = *winners.iter().next().unwrap();
+    for (user, status, body) in &answers {
+        if *user == winner {
+            assert_eq!(*status, 200, "{body}");
+        } else {
+            assert_eq!((*status, body["error"]["code"].as_str()), (409, Some("order_belongs_to_another_user")));
+        }
+    }
+    let rows = app
+        .query_i64(
+            "SELECT count(*) FROM coupon_redemptions WHERE code_id = $1 AND order_number = 'ORD-RACE'",
+            &[&code.id],
+        )
+        .await;
+    assert_eq!(rows, 1);
+}
+
+#[tokio::test]
+async fn redeem_and_cancel_are_the_checkouts_calls_and_quote_the_users() {
+    let app = spawn_app().await;
+    app.create(coupon("KINDS", 10, 1, json!({}))).await;
+    let (user, user_token) = app.create_users(1).await.remove(0);
+    let body = json!({"code": "KINDS", "user_id": user, "order": order("K-1")});
+    // A user token cannot redeem (the phone would price its own order), nor cancel.
+    let res = app.post("/coupons/redeem", body.clone(), Some(&user_token)).await;
+    assert_eq!((res.status.as_u16(), res.error_code()), (403, "forbidden"));
+    assert_eq!(app.post("/coupons/redeem", body.clone(), Some(&app.admin_token())).await.status, 403);
+    // A service without the scope cannot either.
+    let wallet_only = app.service_token("topup", &[redeem_gateway::auth::Scope::WalletDebit]);
+    let res = app.post("/coupons/redeem", body.clone(), Some(&wallet_only)).await;
+    assert_eq!((res.status.as_u16(), res.error_code()), (403, "missing_scope"));
+    assert_eq!(app.post("/coupons/redeem", body.clone(), None).await.status, 401);
+    let gate = app.state.gate.snapshot("KINDS").await.unwrap().unwrap();
+    assert_eq!(gate.remaining(), 10, "refused calls consumed nothing");
+    // The checkout can; the user cannot cancel it; the checkout can.
+    let res = app.post("/coupons/redeem", body, Some(&app.checkout_token())).await;
+    assert_eq!(res.status, 200, "{:?}", res.body);
+    let id = res.body["redemption_id"].as_i64().unwrap();
+    let path = format!("/coupons/redemptions/{id}/cancel");
+    assert_eq!(app.post(&path, json!({}), Some(&user_token)).await.status, 403);
+    assert_eq!(cancel(&app, id).await.status, 200);
+    // The quote is the user's: a service token is refused there.
+    let quote = json!({"code": "KINDS", "order": order("K-2")});
+    assert_eq!(app.post("/coupons/quote", quote.clone(), Some(&user_token)).await.status, 200);
+    assert_eq!(app.post("/coupons/quote", quote, Some(&app.checkout_token())).await.status, 403);
+    // An unknown user named by the checkout.
+    let res = app
+        .post(
+            "/coupons/redeem",
+            json!({"code": "KINDS", "user_id": 987654321, "order": order("K-3")}),
+            Some(&app.checkout_token()),
+        )
+        .await;
+    assert_eq!((res.status.as_u16(), res.error_code()), (404, "not_found"), "{:?}", res.body);
 }

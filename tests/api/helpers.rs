@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use redeem_gateway::auth::Role;
+use redeem_gateway::auth::{Role, Scope};
 use redeem_gateway::codes::admin::{create_code, CreateCode};
 use redeem_gateway::codes::Code;
 use redeem_gateway::config::Config;
@@ -231,6 +231,16 @@ impl TestApp {
         self.state.tokens.issue(1_000_000_000, Role::Admin).unwrap()
     }
 
+    /// A service token, as `redeem-gateway token --service NAME --scope ...` mints it.
+    pub fn service_token(&self, name: &str, scopes: &[Scope]) -> String {
+        self.state.tokens.issue_service(name, scopes).unwrap()
+    }
+
+    /// A checkout's token: redeem and cancel coupons.
+    pub fn checkout_token(&self) -> String {
+        self.service_token("checkout", &[Scope::CouponsRedeem, Scope::CouponsCancel])
+    }
+
     pub async fn query_i64(&self, sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> i64 {
         let db = self.state.pg.get().await.unwrap();
         db.query_one(sql, params).await.unwrap().get(0)
@@ -238,7 +248,8 @@ impl TestApp {
 
     /// The money invariants over the whole database: every balance equals the
     /// sum of its ledger rows; every redemption has exactly one credit of its
-    /// amount and every credit a redemption.
+    /// amount and every code credit a redemption; no balance below zero; a
+    /// voucher is spent by at most one ledger row, and is marked used iff it is.
     pub async fn assert_money_invariants(&self) {
         let mismatched = self
             .query_i64(
@@ -251,7 +262,7 @@ impl TestApp {
         let orphan_ledger = self
             .query_i64(
                 "SELECT count(*) FROM ledger l LEFT JOIN redemptions r ON l.reference = 'redemption:' || r.id
-                 WHERE r.id IS NULL OR r.amount <> l.amount OR r.user_id <> l.user_id",
+                 WHERE l.kind = 'code_credit' AND (r.id IS NULL OR r.amount <> l.amount OR r.user_id <> l.user_id)",
                 &[],
             )
             .await;
@@ -271,6 +282,16 @@ impl TestApp {
             )
             .await;
         assert_eq!(ledger_without_wallet, 0);
+        let negative = self.query_i64("SELECT count(*) FROM wallets WHERE balance < 0", &[]).await;
+        assert_eq!(negative, 0, "wallets below zero");
+        let voucher_mismatch = self
+            .query_i64(
+                "SELECT count(*) FROM vouchers v
+                 WHERE (v.used_at IS NOT NULL) <> EXISTS (SELECT 1 FROM ledger l WHERE l.voucher_id = v.id)",
+                &[],
+            )
+            .await;
+        assert_eq!(voucher_mismatch, 0, "vouchers marked used without their debit, or the other way round");
     }
 
     /// Redemptions committed for a code, and how many distinct users hold them.

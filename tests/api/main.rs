@@ -17,6 +17,7 @@ mod operations;
 mod reconciler;
 mod redemption;
 mod retries;
+mod services;
 mod slots;
 mod tokens;
 mod vouchers;

@@ -152,14 +152,15 @@ async fn a_key_still_in_flight_is_409_and_then_replays() {
 async fn a_coupon_use_under_a_key_replays_and_the_key_refuses_another_order() {
     let app = spawn_app().await;
     app.create(coupon("KEYED10", 5, 3, json!({}))).await;
-    let (_, token) = app.create_users(1).await.remove(0);
+    let (user_id, _) = app.create_users(1).await.remove(0);
+    let checkout = app.checkout_token();
     let redeem = |number: &'static str| {
         let req = app
             .client
             .post(format!("{}/coupons/redeem", app.address))
-            .bearer_auth(&token)
+            .bearer_auth(&checkout)
             .header("Idempotency-Key", "checkout-7")
-            .json(&json!({"code": "KEYED10", "order": order(number)}));
+            .json(&json!({"code": "KEYED10", "user_id": user_id, "order": order(number)}));
         async move { crate::helpers::into_response(req.send().await.unwrap()).await }
     };
     let first = redeem("K-1").await;

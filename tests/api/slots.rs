@@ -22,8 +22,11 @@ fn order(number: &str) -> Value {
     ]})
 }
 
+/// The checkout redeems for the user `token` belongs to.
 async fn redeem_coupon(app: &TestApp, token: &str, code: &str, number: &str) -> Response {
-    app.post("/coupons/redeem", json!({"code": code, "order": order(number)}), Some(token)).await
+    let user_id = app.state.tokens.verify(token).unwrap().user_id;
+    let body = json!({"code": code, "user_id": user_id, "order": order(number)});
+    app.post("/coupons/redeem", body, Some(&app.checkout_token())).await
 }
 
 /// Like a client: a 503 is retried (after the gate discarded a ticket
@@ -114,12 +117,12 @@ async fn land_commit(app: &TestApp, code: &Code, user_id: i64, number: &str, tic
 /// 0, finds it taken (the gate discards it), and wins ticket 1 on retry; then
 /// A is cancelled. Before the fix the cancel freed nothing and ticket 0 was
 /// gone for good: a limit-2 coupon with 1 applied use answered 410.
-async fn cancel_a_then_drain(app: &TestApp, code: &Code, a_token: &str) {
+async fn cancel_a_then_drain(app: &TestApp, code: &Code) {
     let (_, b) = app.create_users(1).await.remove(0);
     let res = redeem_coupon_retrying(app, &b, &code.code, "B").await;
     assert_eq!(res.status, 200, "{:?}", res.body);
     let a_id = app.query_i64("SELECT id FROM coupon_redemptions WHERE order_number = 'A'", &[]).await;
-    let res = app.post(&format!("/coupons/redemptions/{a_id}/cancel"), json!({}), Some(a_token)).await;
+    let res = app.post(&format!("/coupons/redemptions/{a_id}/cancel"), json!({}), Some(&app.checkout_token())).await;
     assert_eq!(res.status, 200, "{:?}", res.body);
     reconcile(app).await;
     assert_no_slot_lost(app, code).await;
@@ -137,7 +140,7 @@ async fn a_cancel_after_a_rebuild_forgot_the_claim_gives_the_slot_back() {
     reconcile(&app).await;
     assert!(app.state.gate.snapshot("REBUILTC").await.unwrap().is_some(), "rebuilt");
     land_commit(&app, &code, a, "A", 0).await;
-    cancel_a_then_drain(&app, &code, &a_token).await;
+    cancel_a_then_drain(&app, &code).await;
 }
 
 #[tokio::test]
@@ -148,7 +151,7 @@ async fn a_cancel_after_a_commit_the_gateway_did_not_see_land_gives_the_slot_bac
     assert_eq!(redeem_coupon(&app, &a_token, "UNSEEN", "A").await.status, 200);
     // The commit landed but the gateway saw an error: it released the claim.
     assert!(app.state.gate.release("UNSEEN", "order:A", 0, Release::Free, false).await.unwrap());
-    cancel_a_then_drain(&app, &code, &a_token).await;
+    cancel_a_then_drain(&app, &code).await;
 }
 
 #[tokio::test]
@@ -168,7 +171,7 @@ async fn a_cancel_after_a_sweep_release_gives_the_slot_back() {
     }
     assert_eq!(released, 1, "the sweep released A's claim (no row yet)");
     land_commit(&app, &code, a, "A", 0).await; // ... and then A's commit landed
-    cancel_a_then_drain(&app, &code, &a_token).await;
+    cancel_a_then_drain(&app, &code).await;
 }
 
 /// Every key of one code, as DUMP gives them (None: absent).
@@ -204,7 +207,7 @@ async fn a_cancel_after_redis_lost_its_last_writes_gives_the_slot_back() {
     let before = dump_code(&app, "AOFLOSS").await;
     assert_eq!(redeem_coupon(&app, &a_token, "AOFLOSS", "A").await.status, 200);
     restore_code(&app, &before).await;
-    cancel_a_then_drain(&app, &code, &a_token).await;
+    cancel_a_then_drain(&app, &code).await;
 }
 
 #[tokio::test]
