@@ -231,3 +231,36 @@ async fn a_slow_writer_with_an_older_change_cannot_undo_a_pause() {
     let res = app.use_code(&token, "ORDERED").await;
     assert_eq!((res.status.as_u16(), res.body["error"]["message"].as_str()), (422, Some("this code is paused")));
 }
+
+/// Review finding: a resume whose Redis write was lost, found only after the
+/// reconciler's look-back for recent changes has passed, must still reach the
+/// gate (every pass compares the gate's `status_rev` with the row's).
+#[tokio::test]
+async fn a_resume_the_gate_missed_is_repaired_however_long_ago_it_was() {
+    let app = spawn_app().await;
+    app.create_code("LONGAGO", 100, 10).await;
+    let admin = app.admin_token();
+    assert_eq!(app.post("/admin/codes/LONGAGO/pause", json!({}), Some(&admin)).await.status, 200);
+    let mut redis = app.redis().await;
+    let paused_rev: i64 =
+        redis::cmd("HGET").arg(app.key("LONGAGO", "meta")).arg("status_rev").query_async(&mut redis).await.unwrap();
+    assert_eq!(app.post("/admin/codes/LONGAGO/resume", json!({}), Some(&admin)).await.status, 200);
+    // As if Redis had missed the resume (partitioned away, then back with its
+    // data), and the change were older than any look-back.
+    redis::cmd("HSET")
+        .arg(app.key("LONGAGO", "meta"))
+        .arg("status")
+        .arg("paused")
+        .arg("status_rev")
+        .arg(paused_rev)
+        .query_async::<()>(&mut redis)
+        .await
+        .unwrap();
+    let db = app.state.pg.get().await.unwrap();
+    db.execute("UPDATE codes SET updated_at = now() - interval '1 day' WHERE code = 'LONGAGO'", &[]).await.unwrap();
+    let stats = redeem_gateway::reconciler::run_once(&app.state).await.unwrap();
+    assert_eq!(stats.controls_repaired, 1, "{stats:?}");
+    assert_eq!(gate_status(&app, "LONGAGO").await.as_deref(), Some("active"));
+    let (_, token) = app.create_users(1).await.remove(0);
+    assert_eq!(app.use_code_retrying(&token, "LONGAGO", 20).await.status, 200);
+}

@@ -284,3 +284,20 @@ async fn redeem_and_cancel_are_the_checkouts_calls_and_quote_the_users() {
         .await;
     assert_eq!((res.status.as_u16(), res.error_code()), (404, "not_found"), "{:?}", res.body);
 }
+
+/// Review finding: a redeem of an order whose use was cancelled must not
+/// answer 200 with a discount (the use holds no slot any more): 409.
+#[tokio::test]
+async fn a_redeem_of_a_cancelled_order_is_409_not_a_discount() {
+    let app = spawn_app().await;
+    app.create(coupon("ONCEONLY", 1, 1, json!({}))).await;
+    let (user, _) = app.create_users(1).await.remove(0);
+    let first = redeem(&app, user, "ONCEONLY", "ORD-1").await;
+    assert_eq!(first.status, 200, "{:?}", first.body);
+    let id = first.body["redemption_id"].as_i64().unwrap();
+    assert_eq!(cancel(&app, id).await.status, 200);
+    let again = redeem(&app, user, "ONCEONLY", "ORD-1").await;
+    assert_eq!((again.status.as_u16(), again.error_code()), (409, "already_cancelled"), "{:?}", again.body);
+    // The slot is free for a new order of the same user.
+    assert_eq!(redeem(&app, user, "ONCEONLY", "ORD-2").await.status, 200);
+}

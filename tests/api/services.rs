@@ -384,3 +384,41 @@ async fn bad_movements_get_clear_errors_and_change_nothing() {
     assert_eq!((res.status.as_u16(), res.error_code()), (400, "malformed_json"));
     assert_eq!((app.balance_of(user).await, app.ledger_rows_of(user).await), (1_000, 1), "nothing written");
 }
+
+/// Review finding: a retry of a movement that committed is answered as a
+/// replay even if the user was disabled in between (the service must learn
+/// the money moved), while a new movement for that user is refused.
+#[tokio::test]
+async fn a_committed_movement_replays_after_its_user_is_disabled() {
+    let app = spawn_app().await;
+    let (user, _) = app.create_users(1).await.remove(0);
+    assert_eq!(credit(&app, user, 100_000, "fund").await.status, 200);
+    let body = json!({"user_id": user, "amount": 40_000, "reference": "d-1", "reason": "top-up"});
+    assert_eq!(debit(&app, body.clone()).await.status, 200);
+    let res = app.post(&format!("/admin/users/{user}/disable"), json!({}), Some(&app.admin_token())).await;
+    assert_eq!(res.status, 200, "{:?}", res.body);
+    let retry = debit(&app, body).await;
+    assert_eq!((retry.status.as_u16(), retry.body["replayed"].as_bool()), (200, Some(true)), "{:?}", retry.body);
+    let new = debit(&app, json!({"user_id": user, "amount": 1_000, "reference": "d-2", "reason": "x"})).await;
+    assert_eq!((new.status.as_u16(), new.error_code()), (422, "user_disabled"));
+    assert_eq!(app.balance_of(user).await, 60_000);
+    app.assert_money_invariants().await;
+}
+
+/// Review finding: a voucher whose discount floors to 0 on this amount is
+/// refused, not burned for nothing.
+#[tokio::test]
+async fn a_voucher_worth_nothing_on_the_amount_is_refused_and_not_spent() {
+    let app = spawn_app().await;
+    app.create(voucher_campaign("TINY", 10)).await;
+    let (user, _) = app.create_users(1).await.remove(0);
+    let voucher = voucher_of(&app, "TINY", user).await;
+    assert_eq!(credit(&app, user, 1_000, "fund").await.status, 200);
+    // 30% of 3 Toman floors to 0.
+    let res = debit(&app, topup(user, 3, "tiny-1", voucher, "mobile_topup")).await;
+    assert_eq!((res.status.as_u16(), res.error_code()), (422, "invalid_input"), "{:?}", res.body);
+    let used = app.query_i64("SELECT count(*) FROM vouchers WHERE used_at IS NOT NULL", &[]).await;
+    assert_eq!(used, 0, "the voucher is not spent");
+    assert_eq!(app.balance_of(user).await, 1_000);
+    app.assert_money_invariants().await;
+}
