@@ -1,8 +1,9 @@
 -- Operator controls bind in the commit itself, and retries are safe.
 --
 -- 1. Every table that holds tickets refuses a use of a code that is paused,
---    ended, or outside its window, judged by the database's clock (now(): the
---    commit's own transaction start). The check reads the code's row FOR KEY
+--    ended, or outside its window, judged by the database's clock
+--    (clock_timestamp() after the row lock is held, not now(): a commit that
+--    started before an "end now" and waited on the row must see the end). The check reads the code's row FOR KEY
 --    SHARE, as the limit check already did. A pause (or any change through
 --    PATCH) locks the row FOR UPDATE before it writes, and the two locks
 --    conflict, so the order is total:
@@ -32,8 +33,8 @@ BEGIN
         why := CASE
             WHEN c.status = 'paused' THEN 'paused'
             WHEN c.status = 'ended' THEN 'ended'
-            WHEN c.starts_at IS NOT NULL AND now() < c.starts_at THEN 'not_started'
-            WHEN c.ends_at IS NOT NULL AND now() >= c.ends_at THEN 'expired'
+            WHEN c.starts_at IS NOT NULL AND clock_timestamp() < c.starts_at THEN 'not_started'
+            WHEN c.ends_at IS NOT NULL AND clock_timestamp() >= c.ends_at THEN 'expired'
         END;
         IF why IS NOT NULL THEN
             RAISE EXCEPTION 'code % is not redeemable now', NEW.code_id

@@ -91,12 +91,14 @@ pub fn quote_for(state: &AppState, code: &CachedCode, user_id: i64, order: &Orde
 /// Idempotent per (code, order number): a retry for the same user replays
 /// the recorded use; the order number of another user is refused.
 pub async fn redeem(state: &Arc<AppState>, user_id: i64, name: &CodeName, order: Order) -> Result<CouponUse, ApiError> {
-    if state.disabled_users.contains(user_id) {
-        return Err(ApiError::UserDisabled);
-    }
     let code = coupon(state, name.as_str()).await?;
+    // A retry of a recorded use is answered first, even if the user was
+    // disabled since: the checkout must learn the use went through.
     if let Some(done) = recorded_use(state, &code, &order.number).await? {
         return replay(done, user_id);
+    }
+    if state.disabled_users.contains(user_id) {
+        return Err(ApiError::UserDisabled);
     }
     let q = quote_for(state, &code, user_id, &order)?;
     if let Some(why) = q.not_active {
@@ -132,11 +134,14 @@ pub async fn redeem(state: &Arc<AppState>, user_id: i64, name: &CodeName, order:
 
 /// The recorded use answers a retry by its own user; the order number is
 /// taken for anyone else, for good.
+/// A cancelled use holds no slot, so it is no discount to apply: 409.
 fn replay(done: CouponUse, user_id: i64) -> Result<CouponUse, ApiError> {
-    if done.user_id == user_id {
-        Ok(done)
-    } else {
+    if done.user_id != user_id {
         Err(ApiError::OrderBelongsToAnotherUser)
+    } else if done.status == "cancelled" {
+        Err(ApiError::AlreadyCancelled)
+    } else {
+        Ok(done)
     }
 }
 

@@ -23,6 +23,7 @@ use self::rebuild::RebuildError;
 use crate::codes::store::{self as codes_store, GateTruth};
 use crate::codes::Code;
 use crate::db::StoreError;
+use crate::redemption::gate::Controls;
 use crate::startup::AppState;
 use crate::telemetry::{
     RECONCILER_CONFIRMED, RECONCILER_DURATION, RECONCILER_LIMITS_REPAIRED, RECONCILER_REBUILDS, RECONCILER_RELEASED,
@@ -94,6 +95,7 @@ pub async fn run_once(state: &Arc<AppState>) -> Result<RunStats, StoreError> {
         match check_gate(state, code, truths.get(&code.id).copied(), &mut audit_budget).await {
             Ok(c) => {
                 stats.limits_repaired += usize::from(c.limit_repaired);
+                stats.controls_repaired += usize::from(c.controls_repaired);
                 stats.codes_audited += usize::from(c.audit.completed || c.audit.work > 0);
                 stats.tickets_freed += c.audit.freed;
                 stats.entries_fixed += c.audit.fixed;
@@ -155,6 +157,7 @@ pub async fn run_once(state: &Arc<AppState>) -> Result<RunStats, StoreError> {
 #[derive(Debug, Default)]
 struct GateCheck {
     limit_repaired: bool,
+    controls_repaired: bool,
     audit: audit::AuditStats,
 }
 
@@ -175,6 +178,15 @@ async fn check_gate(
     let Some(snapshot) = state.gate.snapshot(&code.code).await? else {
         return Ok(check); // no state yet: the rebuild reads Postgres
     };
+    // `code` was read from Postgres this pass and is active: a gate that still
+    // holds an older change (a resume or a window change whose Redis write was
+    // lost, however long ago) is brought up to date. set_status keeps the newer.
+    let status_behind = snapshot.status_rev.unwrap_or(0) < code.control_rev
+        || snapshot.status.as_deref().is_some_and(|s| s != code.status.as_str());
+    if status_behind && state.gate.set_status(&code.code, &Controls::of(code)).await? {
+        check.controls_repaired = true;
+        tracing::warn!(code = %code.code, gate = ?snapshot.status, postgres = code.status.as_str(), "gate controls repaired");
+    }
     let behind = snapshot.limit_version.is_some_and(|v| v < truth.limit_version);
     if snapshot.limit != i64::from(truth.limit) || behind || snapshot.dropped > 0 {
         let applied = state.gate.set_limit(&code.code, truth.limit, truth.limit_version).await?;

@@ -116,6 +116,9 @@ pub struct GateSnapshot {
     pub audited_pg: i64,
     /// An audit sweep of this code is part-way through.
     pub audit_in_progress: bool,
+    /// The operator's controls the gate holds (None: never written: active).
+    pub status: Option<String>,
+    pub status_rev: Option<i64>,
 }
 
 impl GateSnapshot {
@@ -465,6 +468,8 @@ impl Gate {
             audited: field("audited").unwrap_or(0),
             audited_pg: field("audited_pg").unwrap_or(0),
             audit_in_progress: meta.contains_key("audit_at"),
+            status: meta.get("status").cloned(),
+            status_rev: field("status_rev"),
         }))
     }
 

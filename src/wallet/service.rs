@@ -169,14 +169,15 @@ pub async fn debit(state: &AppState, service: &str, m: Movement) -> Result<Movem
 }
 
 async fn apply(state: &AppState, service: &str, direction: Direction, m: Movement) -> Result<MovementDone, ApiError> {
-    if state.disabled_users.contains(m.user_id) {
-        return Err(ApiError::UserDisabled);
-    }
     let reference = stored_reference(service, &m.reference);
     let mut db = state.pg.get().await.map_err(StoreError::from)?;
-    // A retry of a committed movement: answer it without a transaction.
+    // A retry of a committed movement: answer it without a transaction, even
+    // if the user was disabled since (the service must learn it went through).
     if let Some(first) = store::find_movement(&db, &reference).await? {
         return replay(first, direction, &m);
+    }
+    if state.disabled_users.contains(m.user_id) {
+        return Err(ApiError::UserDisabled);
     }
     match write(&mut db, &reference, direction, &m).await {
         Ok(Written::Done(done)) => Ok(done),
@@ -215,7 +216,15 @@ async fn write(
         Some(v) => {
             let terms = vouchers::terms(&tx, v.voucher_id).await?;
             check_spendable(terms.as_ref(), m.user_id, &v.purchase_type)?;
-            terms.map_or(0, |t| discount_on(t.percent, t.max_amount, m.amount))
+            let discount = terms.map_or(0, |t| discount_on(t.percent, t.max_amount, m.amount));
+            // Spending a voucher for nothing would burn it: refuse, nothing written.
+            if discount == 0 {
+                return Err(ApiError::InvalidInput(
+                    "the voucher gives no discount on this amount (floor of its percent); send the debit without it"
+                        .into(),
+                ));
+            }
+            discount
         }
         None => 0,
     };
