@@ -413,6 +413,7 @@ pub fn commit_acknowledged(input: &Input) -> Vec<Violation> {
 /// clock) until a resume is asked for; `pause_bound` is the slack allowed.
 pub fn pause_binds(input: &Input) -> Vec<Violation> {
     let mut out = Vec::new();
+    let attempts = input.attempts_by_holder();
     for c in input.codes {
         let mut admin: Vec<&Event> = input
             .events
@@ -448,7 +449,9 @@ pub fn pause_binds(input: &Input) -> Vec<Violation> {
                         (r.created_at - (*from - input.pause_bound)).num_milliseconds(),
                         input.pause_bound.num_milliseconds()
                     ),
-                    events: vec![*seq],
+                    events: std::iter::once(*seq)
+                        .chain(attempts.get(&(r.code.clone(), r.holder())).into_iter().flatten().map(|e| e.seq))
+                        .collect(),
                 });
             }
         }

@@ -115,10 +115,14 @@ pub struct Event {
 impl Event {
     pub fn describe(&self) -> String {
         format!(
-            "#{} op{} c{} {} gw{} code={} user={} order={} [{} .. {}] -> {}{}{}",
+            "#{} op{} {} {} gw{} code={} user={} order={} [{} .. {}] -> {}{}{}",
             self.seq,
             self.op,
-            self.client,
+            match self.client {
+                OPERATOR => "operator".to_string(),
+                PROBE => "probe".to_string(),
+                c => format!("client{c}"),
+            },
             self.kind.name(),
             self.gateway,
             self.code.as_deref().unwrap_or("-"),
@@ -165,6 +169,11 @@ impl History {
 
     pub fn events(&self) -> Vec<Event> {
         self.events.lock().unwrap().clone()
+    }
+
+    /// Events from `seq` on.
+    pub fn since(&self, seq: usize) -> Vec<Event> {
+        self.events.lock().unwrap().get(seq..).map(<[Event]>::to_vec).unwrap_or_default()
     }
 
     pub fn faults(&self) -> Vec<FaultRecord> {

@@ -282,39 +282,46 @@ async fn progress_line(seed: u64, history: Arc<History>, done: Arc<AtomicBool>, 
 /// No slot lost: for every code still open, fresh users redeem until it
 /// answers sold out twice (the second after the sold-out caches expired).
 async fn probe_all(cluster: &Cluster, world: &World, db: &tokio_postgres::Client, seed: u64) -> Vec<ProbeResult> {
-    let mut out = Vec::new();
-    for c in &world.codes {
-        let row = db
-            .query_one("SELECT status, redemption_limit::bigint FROM codes WHERE code = $1", &[&c.name])
-            .await
-            .unwrap();
-        let (status, limit): (String, i64) = (row.get(0), row.get(1));
-        if status != "active" {
-            continue;
-        }
-        let live_before = live_uses(db, c).await;
-        let expected = (limit - live_before).max(0) as usize;
-        let users = cluster.create_users(&format!("p{seed}_{}", c.name.to_lowercase()), expected + 4).await;
-        let mut rng = StdRng::seed_from_u64(seed ^ 0x9F0B);
-        let (mut got, mut sold_out_seen) = (0i64, false);
-        let before = world.history.len();
-        for (i, u) in users.iter().enumerate() {
-            let r = probe_request(c, u, &format!("{ORDER_PREFIX}-{}-probe-{}-{i}", world.run_tag, c.name));
-            match world.until_final(PROBE, &mut rng, &r).await.0 {
-                Answer::Ok => got += 1,
-                Answer::SoldOut if sold_out_seen => break,
-                Answer::SoldOut => {
-                    sold_out_seen = true;
-                    tokio::time::sleep(Duration::from_millis(700)).await;
-                }
-                _ => {}
-            }
-        }
-        let events = world.history.events()[before..].iter().map(|e| e.seq).collect();
-        let live_after = live_uses(db, c).await;
-        out.push(ProbeResult { code: c.name.clone(), limit, live_before, got, live_after, events });
+    let probes = world.codes.iter().map(|c| probe_code(cluster, world, db, seed, c));
+    futures::future::join_all(probes).await.into_iter().flatten().collect()
+}
+
+async fn probe_code(
+    cluster: &Cluster,
+    world: &World,
+    db: &tokio_postgres::Client,
+    seed: u64,
+    c: &SimCode,
+) -> Option<ProbeResult> {
+    let row =
+        db.query_one("SELECT status, redemption_limit::bigint FROM codes WHERE code = $1", &[&c.name]).await.unwrap();
+    let (status, limit): (String, i64) = (row.get(0), row.get(1));
+    if status != "active" {
+        return None;
     }
-    out
+    let live_before = live_uses(db, c).await;
+    let expected = (limit - live_before).max(0) as usize;
+    let users = cluster.create_users(&format!("p{seed}_{}", c.name.to_lowercase()), expected + 4).await;
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x9F0B);
+    let (mut got, mut sold_out_seen, mut seqs) = (0i64, false, Vec::new());
+    for (i, u) in users.iter().enumerate() {
+        let r = probe_request(c, u, &format!("{ORDER_PREFIX}-{}-probe-{}-{i}", world.run_tag, c.name));
+        let before = world.history.len();
+        let answer = world.until_final(PROBE, &mut rng, &r).await.0;
+        // Other codes' probes run at once: keep this code's events only.
+        seqs.extend(world.history.since(before).iter().filter(|e| e.code.as_deref() == Some(&c.name)).map(|e| e.seq));
+        match answer {
+            Answer::Ok => got += 1,
+            Answer::SoldOut if sold_out_seen => break,
+            Answer::SoldOut => {
+                sold_out_seen = true;
+                tokio::time::sleep(Duration::from_millis(700)).await;
+            }
+            _ => {}
+        }
+    }
+    let live_after = live_uses(db, c).await;
+    Some(ProbeResult { code: c.name.clone(), limit, live_before, got, live_after, events: seqs })
 }
 
 fn probe_request(c: &SimCode, u: &cluster::SimUser, order: &str) -> Request {

@@ -48,7 +48,7 @@ pub fn plan_codes(rng: &mut StdRng) -> Vec<SimCode> {
             codes.push(SimCode {
                 name: format!("SIM{tag}{i}"),
                 kind,
-                limit: rng.gen_range(15..=60),
+                limit: rng.gen_range(30..=150),
                 amount: if kind == CodeKind::Credit { 1000 * rng.gen_range(1..=9) } else { 0 },
                 per_user: if kind == CodeKind::Coupon { 2 } else { 1 },
             });
@@ -377,7 +377,7 @@ pub async fn operator(world: Arc<World>, seed: u64, deadline: Instant, run_for: 
                 admin(&world, &mut rng, Kind::Resume, &format!("/admin/codes/{code}/resume"), &code, None).await;
             }
             1 => {
-                let limit = world.limits.lock().unwrap()[i] + rng.gen_range(1..=10);
+                let limit = world.limits.lock().unwrap()[i] + rng.gen_range(5..=30);
                 if let Some(l) = admin(&world, &mut rng, Kind::RaiseLimit, "", &code, Some(limit)).await {
                     world.limits.lock().unwrap()[i] = l;
                 }
