@@ -563,3 +563,114 @@ pub fn no_slot_lost(input: &Input) -> Vec<Violation> {
 pub fn unacknowledged(input: &Input) -> usize {
     rows_with_attempts(input).iter().filter(|(_, a)| matches!(told(a), Told::Unknown)).count()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(ms: i64) -> DateTime<Utc> {
+        DateTime::<Utc>::from_timestamp_millis(1_800_000_000_000 + ms).unwrap()
+    }
+
+    fn event(seq: usize, op: u64, client: usize, kind: Kind, user: Option<i64>, t: i64, answer: Answer) -> Event {
+        Event {
+            seq,
+            op,
+            client,
+            kind,
+            gateway: 0,
+            code: Some("C".into()),
+            user,
+            order: None,
+            start: at(t),
+            end: at(t + 10),
+            answer,
+            id: None,
+            value: None,
+        }
+    }
+
+    fn row(id: i64, user: i64, t: i64) -> Row {
+        Row { id, code: "C".into(), user, order: None, ticket: id as i32, created_at: at(t), cancelled_at: None }
+    }
+
+    fn snap(limit: i64, rows: Vec<Row>) -> Snapshot {
+        let mut s = Snapshot { rows, ..Default::default() };
+        s.codes.insert("C".into(), CodeState { limit, per_user: 1 });
+        s
+    }
+
+    fn codes() -> Vec<SimCode> {
+        vec![SimCode { name: "C".into(), kind: CodeKind::Credit, limit: 2, amount: 1, per_user: 1 }]
+    }
+
+    fn run(rule: fn(&Input) -> Vec<Violation>, events: &[Event], snap: &Snapshot) -> usize {
+        let codes = codes();
+        rule(&Input { codes: &codes, events, snap, probes: &[], pause_bound: ChronoDuration::zero() }).len()
+    }
+
+    #[test]
+    fn a_use_after_a_pause_answered_breaks_pause_binds_and_one_before_does_not() {
+        let pause = event(0, 0, OPERATOR, Kind::Pause, None, 1000, Answer::Ok);
+        let resume = event(1, 1, OPERATOR, Kind::Resume, None, 5000, Answer::Ok);
+        let events = [pause, resume];
+        assert_eq!(run(pause_binds, &events, &snap(10, vec![row(1, 7, 900)])), 0);
+        assert_eq!(run(pause_binds, &events, &snap(10, vec![row(1, 7, 1200)])), 1);
+        assert_eq!(run(pause_binds, &events, &snap(10, vec![row(1, 7, 6000)])), 0, "after the resume");
+    }
+
+    #[test]
+    fn a_commit_answered_409_after_no_answer_is_not_acknowledged() {
+        let events = [
+            event(0, 0, 0, Kind::CreditUse, Some(7), 0, Answer::NoAnswer("timeout".into())),
+            event(1, 0, 0, Kind::CreditUse, Some(7), 100, Answer::Already),
+        ];
+        let s = snap(10, vec![row(1, 7, 50)]);
+        assert_eq!(run(commit_acknowledged, &events, &s), 1);
+        assert_eq!(run(no_credit_told_failure, &events, &s), 0);
+        let refused = [
+            event(0, 0, 0, Kind::CreditUse, Some(7), 0, Answer::NoAnswer("timeout".into())),
+            event(1, 0, 0, Kind::CreditUse, Some(7), 100, Answer::SoldOut),
+        ];
+        assert_eq!(run(no_credit_told_failure, &refused, &s), 1);
+        let fine = [event(0, 0, 0, Kind::CreditUse, Some(7), 0, Answer::Ok)];
+        assert_eq!(run(commit_acknowledged, &fine, &s) + run(no_credit_told_failure, &fine, &s), 0);
+    }
+
+    #[test]
+    fn over_the_limit_twice_a_holder_and_unbacked_200s_are_caught() {
+        let over = snap(1, vec![row(0, 7, 0), row(1, 8, 0)]);
+        assert!(run(uses_within_limit, &[], &over) >= 1);
+        let twice = snap(5, vec![row(0, 7, 0), row(1, 7, 0)]);
+        assert_eq!(run(no_holder_twice, &[], &twice), 1);
+        let ok = [event(0, 0, 0, Kind::CreditUse, Some(9), 0, Answer::Ok)];
+        assert_eq!(run(every_ok_backed_by_a_row, &ok, &snap(5, vec![])), 1);
+        assert_eq!(run(every_ok_backed_by_a_row, &ok, &snap(5, vec![row(0, 9, 0)])), 0);
+    }
+
+    #[test]
+    fn probes_short_of_the_free_slots_lose_a_slot() {
+        let codes = codes();
+        let s = snap(10, vec![]);
+        let probe = |got, live_after| ProbeResult {
+            code: "C".into(),
+            limit: 10,
+            live_before: 7,
+            got,
+            live_after,
+            events: vec![],
+        };
+        let count = |p: ProbeResult| {
+            no_slot_lost(&Input {
+                codes: &codes,
+                events: &[],
+                snap: &s,
+                probes: &[p],
+                pause_bound: ChronoDuration::zero(),
+            })
+            .len()
+        };
+        assert_eq!(count(probe(3, 10)), 0);
+        assert_eq!(count(probe(2, 9)), 1);
+    }
+}
