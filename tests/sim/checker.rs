@@ -184,8 +184,11 @@ impl Input<'_> {
     }
 }
 
+/// One invariant: the violations of it in a run.
+type Rule = fn(&Input) -> Vec<Violation>;
+
 pub fn check_all(input: &Input, skip: &[String]) -> Vec<Violation> {
-    let rules: [(&str, fn(&Input) -> Vec<Violation>); 10] = [
+    let rules: [(&str, Rule); 10] = [
         ("uses_within_limit", uses_within_limit),
         ("no_holder_twice", no_holder_twice),
         ("every_ok_backed_by_a_row", every_ok_backed_by_a_row),
@@ -604,7 +607,7 @@ mod tests {
         vec![SimCode { name: "C".into(), kind: CodeKind::Credit, limit: 2, amount: 1, per_user: 1 }]
     }
 
-    fn run(rule: fn(&Input) -> Vec<Violation>, events: &[Event], snap: &Snapshot) -> usize {
+    fn run(rule: Rule, events: &[Event], snap: &Snapshot) -> usize {
         let codes = codes();
         rule(&Input { codes: &codes, events, snap, probes: &[], pause_bound: ChronoDuration::zero() }).len()
     }
@@ -622,14 +625,14 @@ mod tests {
     #[test]
     fn a_commit_answered_409_after_no_answer_is_not_acknowledged() {
         let events = [
-            event(0, 0, 0, Kind::CreditUse, Some(7), 0, Answer::NoAnswer("timeout".into())),
+            event(0, 0, 0, Kind::CreditUse, Some(7), 0, Answer::Unanswered("timeout".into())),
             event(1, 0, 0, Kind::CreditUse, Some(7), 100, Answer::Already),
         ];
         let s = snap(10, vec![row(1, 7, 50)]);
         assert_eq!(run(commit_acknowledged, &events, &s), 1);
         assert_eq!(run(no_credit_told_failure, &events, &s), 0);
         let refused = [
-            event(0, 0, 0, Kind::CreditUse, Some(7), 0, Answer::NoAnswer("timeout".into())),
+            event(0, 0, 0, Kind::CreditUse, Some(7), 0, Answer::Unanswered("timeout".into())),
             event(1, 0, 0, Kind::CreditUse, Some(7), 100, Answer::SoldOut),
         ];
         assert_eq!(run(no_credit_told_failure, &refused, &s), 1);

@@ -65,7 +65,7 @@ pub enum Answer {
     /// Any other status, with its error code.
     Other(u16, String),
     /// Timed out or the connection failed: no answer at all.
-    NoAnswer(String),
+    Unanswered(String),
 }
 
 impl Answer {
@@ -87,7 +87,7 @@ impl Answer {
             Answer::NotEligible => "422 not_eligible".into(),
             Answer::TryAgain => "503 try_again".into(),
             Answer::Other(s, c) => format!("{s} {c}"),
-            Answer::NoAnswer(why) => format!("no answer ({why})"),
+            Answer::Unanswered(why) => format!("no answer ({why})"),
         }
     }
 }
@@ -194,7 +194,7 @@ impl History {
             match e.answer {
                 Answer::Ok => row[1] += 1,
                 Answer::TryAgain | Answer::Other(429, _) => row[2] += 1,
-                Answer::NoAnswer(_) => row[3] += 1,
+                Answer::Unanswered(_) => row[3] += 1,
                 _ => row[4] += 1,
             }
         }

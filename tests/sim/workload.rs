@@ -118,12 +118,12 @@ impl World {
         }
         let (answer, body) = match req.send().await {
             Err(e) => {
-                (Answer::NoAnswer(if e.is_timeout() { "timeout".into() } else { "connection".into() }), Value::Null)
+                (Answer::Unanswered(if e.is_timeout() { "timeout".into() } else { "connection".into() }), Value::Null)
             }
             Ok(res) => {
                 let status = res.status().as_u16();
                 match res.bytes().await {
-                    Err(_) => (Answer::NoAnswer("body cut".into()), Value::Null),
+                    Err(_) => (Answer::Unanswered("body cut".into()), Value::Null),
                     Ok(bytes) => {
                         let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
                         (classify(r.kind, status, &body), body)
@@ -154,12 +154,12 @@ impl World {
     /// Attempts until an answer that is not "try again" (or the attempts run out).
     pub async fn until_final(&self, client: usize, rng: &mut StdRng, r: &Request) -> (Answer, Value) {
         let op = self.new_op();
-        let mut last = (Answer::NoAnswer("never sent".into()), Value::Null);
+        let mut last = (Answer::Unanswered("never sent".into()), Value::Null);
         for _ in 0..MAX_ATTEMPTS {
             let gw = rng.gen_range(0..self.gateways.len());
             last = self.attempt(op, client, gw, r).await;
             match last.0 {
-                Answer::TryAgain | Answer::NoAnswer(_) | Answer::Other(429 | 500..=599, _) => {
+                Answer::TryAgain | Answer::Unanswered(_) | Answer::Other(429 | 500..=599, _) => {
                     tokio::time::sleep(Duration::from_millis(rng.gen_range(100..400))).await;
                 }
                 _ => break,
