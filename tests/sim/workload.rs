@@ -306,7 +306,8 @@ pub async fn redeem_credit(world: &World, id: usize, rng: &mut StdRng, user: &Si
 }
 
 /// An order's coupon: 1-3 copies of the redeem at once (a checkout retrying),
-/// and sometimes the order cancelled, by 1-2 concurrent cancels.
+/// and sometimes the order cancelled, by 1-2 concurrent cancels while one
+/// more copy of the redeem arrives.
 async fn coupon_flow(world: &Arc<World>, id: usize, rng: &mut StdRng, user: &SimUser, number: &str) {
     let code = pick(world, rng, CodeKind::Coupon);
     let body = order_body(&code, number, rng);
@@ -342,6 +343,17 @@ async fn coupon_flow(world: &Arc<World>, id: usize, rng: &mut StdRng, user: &Sim
                 req.user = Some(u.id);
                 req.order = Some(n);
                 req.id = Some(rid);
+                w.until_final(id, &mut r, &req).await
+            }));
+        }
+        // A checkout retrying the redeem while the order is being cancelled.
+        if rng.gen_bool(0.5) {
+            let (w, mut r, u, c, n) = (world.clone(), fork(rng), user.clone(), code.clone(), number.to_string());
+            tasks.push(tokio::spawn(async move {
+                let mut req = post(Kind::CouponRedeem, "/coupons/redeem", &u.token, body);
+                req.code = Some(c);
+                req.user = Some(u.id);
+                req.order = Some(n);
                 w.until_final(id, &mut r, &req).await
             }));
         }
