@@ -332,6 +332,10 @@ async fn coupon_flow(world: &Arc<World>, id: usize, rng: &mut StdRng, user: &Sim
     }
     let Some(rid) = redemption else { return };
     if rng.gen_bool(0.4) {
+        // Half the orders are cancelled later, after whatever faults came in between.
+        if rng.gen_bool(0.5) {
+            tokio::time::sleep(Duration::from_millis(rng.gen_range(200..3000))).await;
+        }
         let cancels = rng.gen_range(1..=2);
         let mut tasks = Vec::new();
         for _ in 0..cancels {
@@ -422,7 +426,15 @@ pub async fn admin(
         None => post(kind, path, &world.admin, Value::Null),
     };
     r.code = Some(code.to_string());
-    let (answer, body) = world.until_final(OPERATOR, rng, &r).await;
+    // Half the limit changes are tried once: an operator who saw an error
+    // and moved on (what PostgreSQL and the gate were left with must agree).
+    let (answer, body) = if limit.is_some() && rng.gen_bool(0.5) {
+        let gw = rng.gen_range(0..world.gateways.len());
+        let op = world.new_op();
+        world.attempt(op, OPERATOR, gw, &r).await
+    } else {
+        world.until_final(OPERATOR, rng, &r).await
+    };
     (answer == Answer::Ok).then(|| body["limit"].as_i64()).flatten()
 }
 
