@@ -55,7 +55,7 @@ soak: services-up
 
 ## The short fixed-seed schedule CI runs (about 2 minutes). The rules listed in
 ## SIM_CI_SKIP_RULES are the ones main breaks today (see the README's Simulation section).
-SIM_CI_SKIP_RULES ?= pause_binds,commit_acknowledged,no_slot_lost
+SIM_CI_SKIP_RULES ?= pause_binds,commit_acknowledged
 sim-ci: services-up
 	SIM_SEED=$${SIM_SEED:-20261126} SOAK_SECONDS=$${SOAK_SECONDS:-60} SOAK_SEEDS=1 \
 		SIM_SKIP_RULES=$${SIM_SKIP_RULES-$(SIM_CI_SKIP_RULES)} \
