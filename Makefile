@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 SERVICES := scripts/services.sh
 
-.PHONY: run test test-e2e services-up services-down services-status migrate create-code token reconcile build lint fmt clean-data fuzz fuzz-smoke audit bench bench-smoke
+.PHONY: run test test-e2e services-up services-down services-status migrate create-code token reconcile build lint fmt clean-data fuzz fuzz-smoke audit bench bench-smoke soak sim-ci
 
 .env:
 	cp .env.example .env
@@ -44,6 +44,22 @@ reconcile: .env services-up build
 test: services-up
 	@$(SERVICES) clean-tests
 	$(CARGO) test --all-targets -- --test-threads=$${TEST_THREADS:-4}
+
+## Proof by simulation (tests/sim): seeded workload + nemesis + history checker over
+## real gateways, Redis and PostgreSQL. SOAK_SECONDS per seed; SOAK_SEEDS a count
+## (from SIM_SEED, or the clock) or a list; SIM_SEED=N SOAK_SEEDS=1 replays one seed.
+## SIM_SKIP_RULES / SIM_SKIP_FAULTS switch invariants / fault kinds off (comma lists).
+soak: services-up
+	SOAK_SECONDS=$${SOAK_SECONDS:-300} SOAK_SEEDS=$${SOAK_SEEDS:-3} \
+		$(CARGO) test --test sim soak -- --ignored --nocapture --test-threads=1
+
+## The short fixed-seed schedule CI runs (about 2 minutes). The rules listed in
+## SIM_CI_SKIP_RULES are the ones main breaks today (see the README's Simulation section).
+SIM_CI_SKIP_RULES ?=
+sim-ci: services-up
+	SIM_SEED=$${SIM_SEED:-20261126} SOAK_SECONDS=$${SOAK_SECONDS:-60} SOAK_SEEDS=1 \
+		SIM_SKIP_RULES=$${SIM_SKIP_RULES-$(SIM_CI_SKIP_RULES)} \
+		$(CARGO) test --test sim soak -- --ignored --nocapture --test-threads=1
 
 ## The live dashboard in headless Chromium (installs Debian's chromium if missing).
 test-e2e: services-up

@@ -132,7 +132,7 @@ async fn cancel_a_then_drain(app: &TestApp, code: &Code) {
 async fn a_cancel_after_a_rebuild_forgot_the_claim_gives_the_slot_back() {
     let app = spawn_app().await;
     let code = app.create(coupon("REBUILTC", 2, 1, json!({}))).await;
-    let (a, a_token) = app.create_users(1).await.remove(0);
+    let (a, _) = app.create_users(1).await.remove(0);
     // A gateway claims for order A; Redis is lost and rebuilt (no row yet)
     // before A's slow commit lands.
     assert_eq!(app.state.gate.claim("REBUILTC", "order:A").await.unwrap(), Claim::Granted { ticket: 0 });
@@ -158,7 +158,7 @@ async fn a_cancel_after_a_commit_the_gateway_did_not_see_land_gives_the_slot_bac
 async fn a_cancel_after_a_sweep_release_gives_the_slot_back() {
     let app = spawn_app_with(&[("CLAIM_GRACE_SECONDS", "1"), ("PG_STATEMENT_TIMEOUT_MS", "500")]).await;
     let code = app.create(coupon("SWEPT", 2, 1, json!({}))).await;
-    let (a, a_token) = app.create_users(1).await.remove(0);
+    let (a, _) = app.create_users(1).await.remove(0);
     assert_eq!(app.state.gate.claim("SWEPT", "order:A").await.unwrap(), Claim::Granted { ticket: 0 });
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let mut released = 0;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use redeem_gateway::auth::{Role, TokenKeys};
+use redeem_gateway::auth::{Role, Scope, TokenKeys};
 use redeem_gateway::config::Config;
 use tokio_postgres::NoTls;
 
@@ -268,6 +268,12 @@ impl GatewayEnv {
 
     pub fn admin_token(&self) -> String {
         self.tokens().issue(1, Role::Admin).unwrap()
+    }
+
+    /// A checkout's credential: coupon redeems and cancels are its calls.
+    #[allow(dead_code)] // used by the simulation, which shares this file
+    pub fn checkout_token(&self) -> String {
+        self.tokens().issue_service("checkout", &[Scope::CouponsRedeem, Scope::CouponsCancel]).unwrap()
     }
 }
 
