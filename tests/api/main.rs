@@ -4,6 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod helpers;
+#[path = "../support/local_pg.rs"]
+mod local_pg;
 
 mod abuse;
 mod admin;
@@ -14,6 +16,7 @@ mod openapi;
 mod operations;
 mod reconciler;
 mod redemption;
+mod stranger;
 mod tokens;
 mod vouchers;
 mod wallet;

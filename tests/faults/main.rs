@@ -7,4 +7,6 @@
 
 mod harness;
 mod load;
+#[path = "../support/local_pg.rs"]
+mod local_pg;
 mod scenarios;
