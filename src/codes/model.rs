@@ -148,6 +148,9 @@ pub struct Code {
     /// The campaign a bulk-generated code belongs to.
     pub batch: Option<String>,
     pub created_at: DateTime<Utc>,
+    /// Its redemptions are counted under its own name in the metrics
+    /// (`redemptions_total{code=...}`); others share one label. Never for bulk codes.
+    pub tracked: bool,
 }
 
 impl Code {
@@ -212,6 +215,7 @@ mod tests {
             rules: serde_json::json!({}),
             batch: None,
             created_at: Utc::now(),
+            tracked: false,
         }
     }
 

@@ -10,7 +10,7 @@ use super::model::{Code, CodeKind, CodeName, CodeStatus};
 use crate::db::StoreError;
 
 const CODE_COLUMNS: &str = "id, code, kind, amount, redemption_limit, per_user_limit, starts_at, ends_at, \
-                            status, time_zone, reward, rules, batch, created_at";
+                            status, time_zone, reward, rules, batch, created_at, tracked";
 
 fn code_from_row(row: &Row) -> Code {
     Code {
@@ -28,6 +28,7 @@ fn code_from_row(row: &Row) -> Code {
         rules: row.get(11),
         batch: row.get(12),
         created_at: row.get(13),
+        tracked: row.get(14),
     }
 }
 
@@ -43,18 +44,19 @@ pub struct NewCode<'a> {
     pub reward: &'a serde_json::Value,
     pub rules: &'a serde_json::Value,
     pub batch: Option<&'a str>,
+    pub tracked: bool,
 }
 
 /// Inserts the code; `Ok(None)` if one with this name exists.
 pub async fn insert_code(db: &impl GenericClient, new: &NewCode<'_>) -> Result<Option<Code>, StoreError> {
     let sql = format!(
         "INSERT INTO codes (code, kind, amount, redemption_limit, per_user_limit, starts_at, ends_at,
-                            time_zone, reward, rules, batch)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                            time_zone, reward, rules, batch, tracked)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
          RETURNING {CODE_COLUMNS}"
     );
     let stmt = db.prepare_cached(&sql).await?;
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 11] = [
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 12] = [
         &new.code.as_str(),
         &new.kind.as_str(),
         &new.amount,
@@ -66,6 +68,7 @@ pub async fn insert_code(db: &impl GenericClient, new: &NewCode<'_>) -> Result<O
         new.reward,
         new.rules,
         &new.batch,
+        &new.tracked,
     ];
     match db.query_one(&stmt, &params).await {
         Ok(row) => Ok(Some(code_from_row(&row))),
@@ -225,6 +228,7 @@ pub struct CodeChange {
     pub ends_at: Option<Option<DateTime<Utc>>>,
     pub status: Option<CodeStatus>,
     pub rules: Option<serde_json::Value>,
+    pub tracked: Option<bool>,
 }
 
 #[derive(Debug)]
@@ -263,6 +267,7 @@ pub async fn change_code(
             ends_at = CASE WHEN $6 THEN $7 ELSE ends_at END,
             status = coalesce($8, status),
             rules = coalesce($9, rules),
+            tracked = coalesce($10, tracked),
             updated_at = now()
          WHERE id = $1 RETURNING {CODE_COLUMNS}"
     );
@@ -280,6 +285,7 @@ pub async fn change_code(
                 &change.ends_at.flatten(),
                 &status,
                 &change.rules,
+                &change.tracked,
             ],
         )
         .await;

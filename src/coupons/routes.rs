@@ -154,7 +154,7 @@ pub async fn redeem_route(
     // Detached: a client hanging up must not cut the gate path in half.
     let result = actix_web::rt::spawn(async move {
         let result = redeem(&state, user.user_id, &name, order).await;
-        record_outcome(&name, &result);
+        record_outcome(&state, &name, &result);
         result
     })
     .await

@@ -188,7 +188,7 @@ pub struct Redeemed {
 /// POST /codes/use: a credit code's credit, for the first N users, once each.
 pub async fn redeem(state: &Arc<AppState>, user_id: i64, name: &CodeName) -> Result<Redeemed, ApiError> {
     let result = redeem_credit(state, user_id, name).await;
-    record_outcome(name, &result);
+    record_outcome(state, name, &result);
     result
 }
 
@@ -218,7 +218,11 @@ async fn redeem_credit(state: &Arc<AppState>, user_id: i64, name: &CodeName) -> 
     .await
 }
 
-pub fn record_outcome<T>(name: &CodeName, result: &Result<T, ApiError>) {
+/// Counts the outcome under the code's name if an operator marked it tracked,
+/// else under `untracked` (`unknown` for names that are no code): a code's
+/// name reaches the metrics only by an operator's choice, and the series
+/// count is bounded by (tracked codes + 2) x 7 outcomes.
+pub fn record_outcome<T>(state: &AppState, name: &CodeName, result: &Result<T, ApiError>) {
     let outcome = match result {
         Ok(_) => "success",
         Err(e @ (ApiError::SoldOut | ApiError::AlreadyRedeemed | ApiError::NotEligible(_) | ApiError::TryAgain(_))) => {
@@ -228,7 +232,13 @@ pub fn record_outcome<T>(name: &CodeName, result: &Result<T, ApiError>) {
         Err(_) => "error",
     };
     // Unknown codes are whatever a client typed: never a label value.
-    let code = if matches!(result, Err(ApiError::CodeNotFound)) { "unknown".to_string() } else { name.to_string() };
+    let code = if matches!(result, Err(ApiError::CodeNotFound)) {
+        "unknown".to_string()
+    } else if state.codes.is_tracked(name.as_str()) {
+        name.to_string()
+    } else {
+        "untracked".to_string()
+    };
     metrics::counter!(REDEMPTIONS, "code" => code, "outcome" => outcome).increment(1);
 }
 
