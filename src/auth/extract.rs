@@ -16,6 +16,8 @@ use crate::startup::AppState;
 pub struct AuthUser {
     pub user_id: i64,
     pub role: Role,
+    /// When the token expires (Unix seconds).
+    pub expires_at: u64,
 }
 
 impl AuthUser {
@@ -38,11 +40,11 @@ fn authenticate(req: &HttpRequest) -> Result<AuthUser, ApiError> {
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .ok_or(ApiError::Unauthorized("the Authorization header must be `Bearer <token>`"))?;
-    let Identity { user_id, role } = state.tokens.verify(token)?;
+    let Identity { user_id, role, expires_at } = state.tokens.verify(token)?;
     if state.disabled_users.contains(user_id) {
         return Err(ApiError::Unauthorized("this account is disabled"));
     }
-    Ok(AuthUser { user_id, role })
+    Ok(AuthUser { user_id, role, expires_at })
 }
 
 impl FromRequest for AuthUser {

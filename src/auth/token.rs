@@ -40,6 +40,8 @@ pub struct Claims {
 pub struct Identity {
     pub user_id: i64,
     pub role: Role,
+    /// The token's `exp` (Unix seconds): long-lived responses end there.
+    pub expires_at: u64,
 }
 
 /// A key that verifies tokens carrying its `kid`.
@@ -141,7 +143,7 @@ impl TokenKeys {
             .ok()
             .filter(|id| *id > 0)
             .ok_or(ApiError::Unauthorized("invalid token subject"))?;
-        Ok(Identity { user_id, role: data.claims.role })
+        Ok(Identity { user_id, role: data.claims.role, expires_at: data.claims.exp })
     }
 }
 
@@ -259,7 +261,7 @@ mod tests {
         let k = keys();
         let t = k.issue(42, Role::Admin).unwrap_or_default();
         let id = k.verify(&t).ok();
-        assert!(matches!(id, Some(Identity { user_id: 42, role: Role::Admin })));
+        assert!(matches!(id, Some(Identity { user_id: 42, role: Role::Admin, .. })));
     }
 
     #[test]
