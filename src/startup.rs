@@ -174,10 +174,6 @@ fn serve(state: Arc<AppState>, listener: TcpListener) -> anyhow::Result<Server> 
     .max_connection_rate(limits.max_connection_rate)
     // The request head must arrive within this; the body has its own deadline (http::body).
     .client_request_timeout(limits.client_request_timeout)
-    // A client that closes its side is gone: end its response at once. Without
-    // this, a live report stream (and its place under the stream cap) would
-    // outlive its client until the next write failed.
-    .h1_allow_half_closed(false)
     .shutdown_timeout(30)
     .listen(listener)?
     .run();

@@ -1,6 +1,9 @@
 //! GET /admin/codes/{code}/events: the code's report as a Server-Sent Events
 //! stream, pushed whenever it changes (checked every 500 ms), with a comment
-//! line every 15 s to keep proxies from closing an idle stream. A stream ends
+//! line every 2 s when quiet: it keeps proxies from closing an idle stream,
+//! and a write is how the server learns that a client went away (actix ends a
+//! response when a write fails), so a closed stream's place under the cap
+//! comes back within seconds. A stream ends
 //! after an hour, when its token expires, or when its admin is disabled;
 //! the dashboard reconnects (with a fresh token).
 //!
@@ -21,7 +24,7 @@ use crate::error::{ApiError, ErrorBody};
 use crate::startup::AppState;
 
 const TICK: Duration = Duration::from_millis(500);
-const KEEPALIVE: Duration = Duration::from_secs(15);
+const KEEPALIVE: Duration = Duration::from_secs(2);
 const MAX_STREAM: Duration = Duration::from_secs(3600);
 
 /// Open streams, per admin and in all.
