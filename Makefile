@@ -5,8 +5,9 @@ SERVICES := scripts/services.sh
 
 .PHONY: run test test-e2e services-up services-down services-status migrate create-code token reconcile build lint fmt clean-data fuzz fuzz-smoke audit bench bench-smoke soak sim-ci
 
+## .env from .env.example, with the local database password and a random JWT secret.
 .env:
-	cp .env.example .env
+	@$(SERVICES) dotenv
 
 services-up:
 	@$(SERVICES) up

@@ -90,7 +90,7 @@ start_gateway() {
   # refuse it: BENCH_RATE_LIMITS=true measures their cost anyway.
   export RATE_LIMIT_ENABLED=${BENCH_RATE_LIMITS:-false} RATE_LOGIN_PER_ADDRESS_PER_MINUTE=1000000 \
     RATE_REGISTER_PER_HOUR=1000000 RATE_FAILED_CODE_PER_ADDRESS_PER_HOUR=1000000 RATE_CODE_PER_MINUTE=1000000
-  export DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/$BENCH_DB"
+  export DATABASE_URL="postgres://postgres:$PGPASSWORD@127.0.0.1:$PG_PORT/$BENCH_DB" METRICS_ADDR=off
   export REDIS_URL="redis://127.0.0.1:$REDIS_PORT/" REDIS_KEY_PREFIX=$PREFIX
   export JWT_SECRET="bench-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
   export HTTP_ADDR="127.0.0.1:$GW_PORT" HTTP_WORKERS=$WORKERS PG_POOL_SIZE=$POOL
@@ -151,6 +151,9 @@ pg_ceiling() {
 main() {
   ensure_tools
   scripts/services.sh up
+  # The local PostgreSQL takes a password (see scripts/services.sh); psql and pgbench read it from here.
+  PGPASSWORD=$(scripts/services.sh pg-password)
+  export PGPASSWORD
   log "building release binaries"
   cargo build --release --bins
   fresh_database

@@ -22,6 +22,9 @@ command -v node >/dev/null || { echo "[e2e] node is required" >&2; exit 1; }
 (cd e2e && npm ci --no-audit --no-fund --silent)
 
 scripts/services.sh up
+# The local PostgreSQL takes a password (see scripts/services.sh); psql reads it from here.
+export PGPASSWORD
+PGPASSWORD=$(scripts/services.sh pg-password)
 cargo build -q --bin redeem-gateway
 BIN="$ROOT/target/debug/redeem-gateway"
 
@@ -31,7 +34,8 @@ psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "create database $DB"
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 WORK=$(mktemp -d)
 export APP_ENV=dev HTTP_ADDR="127.0.0.1:$PORT" HTTP_WORKERS=2 \
-  DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/$DB" REDIS_URL="redis://127.0.0.1:$REDIS_PORT/" \
+  DATABASE_URL="postgres://postgres:$PGPASSWORD@127.0.0.1:$PG_PORT/$DB" REDIS_URL="redis://127.0.0.1:$REDIS_PORT/" \
+  METRICS_ADDR=off \
   REDIS_KEY_PREFIX="e2e_$TAG" JWT_SECRET="e2e-secret-0123456789abcdef0123456789" RUST_LOG=warn
 
 cleanup() {

@@ -68,7 +68,8 @@ trap cleanup EXIT
 start_gateway() {
   PORT=$(free_port)
   export APP_ENV=dev HTTP_ADDR=127.0.0.1:$PORT HTTP_WORKERS=2 LOG_FORMAT=text RUST_LOG=${RUST_LOG:-warn}
-  export DATABASE_URL=postgres://postgres@127.0.0.1:$PG_PORT/$DB REDIS_URL=redis://127.0.0.1:$REDIS_PORT/
+  export DATABASE_URL=postgres://postgres:$PGPASSWORD@127.0.0.1:$PG_PORT/$DB REDIS_URL=redis://127.0.0.1:$REDIS_PORT/
+  export METRICS_ADDR=off
   export REDIS_KEY_PREFIX=$PREFIX JWT_SECRET=$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')
   export RATE_LIMIT_ENABLED=${FUZZ_RATE_LIMIT_ENABLED:-false}
   # A previous secret from .env must not outlive this run's random one.
@@ -169,6 +170,9 @@ main() {
   mkdir -p "$OUT"
   ensure_schemathesis
   "$ROOT/scripts/services.sh" up
+  # The local PostgreSQL takes a password (see scripts/services.sh); psql reads it from here.
+  PGPASSWORD=$("$ROOT/scripts/services.sh" pg-password)
+  export PGPASSWORD
   log "building the gateway"
   cargo build --quiet --bin redeem-gateway
   start_gateway

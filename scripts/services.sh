@@ -4,7 +4,14 @@
 # .local/ (git-ignored) and listens on loopback at non-default ports so it never
 # collides with a system service. Idempotent: `up` on running services is a no-op.
 #
-#   scripts/services.sh up | down | status | env | clean-tests
+# PostgreSQL asks for a password over TCP (scram-sha-256), never `trust`: on a
+# shared machine any local user could otherwise connect as the superuser and
+# run commands as the postgres user (COPY ... TO PROGRAM). The password is
+# generated once per data directory into .local/pg-password (0600); `env`
+# prints URLs carrying it, and the tests read it from there. The local socket
+# takes only the server's own OS user (peer), for this script's upkeep.
+#
+#   scripts/services.sh up | down | status | env | pg-password | dotenv | clean-tests
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -13,6 +20,7 @@ REDIS_PORT=${REDIS_PORT:-6479}
 PG_PORT=${PG_PORT:-5479}
 PG_DB=${PG_DB:-redeem_gateway}
 PG_MAX_CONNECTIONS=${PG_MAX_CONNECTIONS:-300}
+PG_PASSWORD_FILE="$STATE/pg-password"
 
 log() { printf '[services] %s\n' "$*" >&2; }
 die() { printf '[services] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -44,21 +52,75 @@ ensure_packages() {
 
 # PostgreSQL refuses to run as root: as root we run it as the `postgres` user,
 # which needs to reach the data directory. A checkout under a private home
-# directory is not reachable, so fall back to a folder under /tmp.
+# directory is not reachable, so the data then lives in a private folder made
+# with mktemp (random name, owned by postgres, 0700), recorded in
+# $STATE/pg-dir so later runs find it; never a predictable path in /tmp.
 pg_run() {
   if [ "$(id -u)" = 0 ]; then su postgres -s /bin/sh -c "$*"; else sh -c "$*"; fi
 }
 
+# The OS user the server runs as (the one peer authentication lets in).
+pg_os_user() { if [ "$(id -u)" = 0 ]; then echo postgres; else id -un; fi; }
+
 pg_dir() {
-  local d="$STATE/pg"
+  local d="$STATE/pg" recorded
   if [ "$(id -u)" = 0 ]; then
     mkdir -p "$STATE"
     if ! su postgres -s /bin/sh -c "test -x '$STATE'" 2>/dev/null; then
-      d="/tmp/redeem-gateway-$(echo "$ROOT" | md5sum | cut -c1-8)/pg"
+      recorded=$(cat "$STATE/pg-dir" 2>/dev/null || true)
+      # Reuse the recorded folder only if it is still ours: a directory (not a
+      # link) owned by postgres. Anything else may have been planted.
+      if [ -n "$recorded" ] && [ -d "$recorded" ] && [ ! -L "$recorded" ] \
+        && [ "$(stat -c %U "$recorded")" = postgres ] && [ ! -L "$(dirname "$recorded")" ]; then
+        d="$recorded"
+      else
+        d="$(mktemp -d "${TMPDIR:-/tmp}/redeem-gateway-pg.XXXXXXXX")/pg"
+        chown postgres "$(dirname "$d")"
+        chmod 700 "$(dirname "$d")"
+        echo "$d" >"$STATE/pg-dir"
+      fi
     fi
   fi
   echo "$d"
 }
+
+# The server's socket folder: its own (postgres writes there), never the
+# checkout's .local itself, which holds the password file.
+pg_sock() {
+  local data="$1" d
+  if [ "$data" = "$STATE/pg" ]; then d="$STATE/pg-socket"; else d=$(dirname "$data"); fi
+  mkdir -p "$d"
+  if [ "$(id -u)" = 0 ]; then chown postgres "$d"; fi
+  chmod 700 "$d"
+  echo "$d"
+}
+
+# The password, made on first use (hex: safe in a URL as it is).
+pg_password() {
+  if [ ! -s "$PG_PASSWORD_FILE" ]; then
+    mkdir -p "$STATE"
+    (umask 077; od -An -N24 -tx1 /dev/urandom | tr -d ' \n' >"$PG_PASSWORD_FILE")
+  fi
+  chmod 600 "$PG_PASSWORD_FILE"
+  cat "$PG_PASSWORD_FILE"
+}
+
+# Our authentication rules, written before every start (and reloaded when a
+# running server still has others, e.g. `trust` from an older checkout).
+pg_write_hba() {
+  local data="$1" hba
+  hba="# Written by scripts/services.sh: loopback only, a password over TCP,
+# the server's own OS user on the local socket. Never trust.
+local   all  all                 peer map=owner
+host    all  all  127.0.0.1/32   scram-sha-256
+host    all  all  ::1/128        scram-sha-256"
+  if [ "$(cat "$data/pg_hba.conf" 2>/dev/null)" = "$hba" ]; then return 1; fi
+  pg_run "cat >'$data/pg_hba.conf'" <<<"$hba"
+  pg_run "cat >'$data/pg_ident.conf'" <<<"owner  $(pg_os_user)  postgres"
+  return 0
+}
+
+pg_url() { echo "postgres://postgres:$(pg_password)@127.0.0.1:$PG_PORT/${1:-$PG_DB}"; }
 
 redis_up() {
   mkdir -p "$STATE/redis"
@@ -71,25 +133,73 @@ redis_up() {
 }
 
 pg_up() {
-  local bin data sock
+  local bin data sock pw
   bin=$(pg_bin) || die "PostgreSQL server binaries not found"
+  pw=$(pg_password)
+  data=$(pg_dir); sock=$(pg_sock "$data")
   # A server already answering on the port (ours, from another checkout) is reused.
   if ! pg_isready -q -h 127.0.0.1 -p "$PG_PORT"; then
-    data=$(pg_dir); sock=$(dirname "$data")
     mkdir -p "$data"
-    if [ "$(id -u)" = 0 ]; then chown postgres "$data" "$sock"; fi
+    if [ "$(id -u)" = 0 ]; then chown postgres "$data"; fi
     chmod 700 "$data"
     if [ ! -f "$data/PG_VERSION" ]; then
       log "initialising PostgreSQL in $data"
-      pg_run "'$bin/initdb' -D '$data' -A trust -U postgres --no-sync >/dev/null"
+      # No password yet and no rule that lets anyone in over TCP; ours follow.
+      pg_run "'$bin/initdb' -D '$data' --auth-local=peer --auth-host=reject -U postgres --no-sync >/dev/null"
     fi
-    pg_run "'$bin/pg_ctl' -D '$data' -l '$data/postgres.log' -w -t 60 start -o \"-p $PG_PORT -k '$sock' -c listen_addresses=127.0.0.1 -c max_connections=$PG_MAX_CONNECTIONS\"" >/dev/null \
+    pg_write_hba "$data" || true
+    pg_run "'$bin/pg_ctl' -D '$data' -l '$data/postgres.log' -w -t 60 start -o \"-p $PG_PORT -k '$sock' -c listen_addresses=127.0.0.1 -c max_connections=$PG_MAX_CONNECTIONS -c password_encryption=scram-sha-256\"" >/dev/null \
       || die "PostgreSQL did not start; see $data/postgres.log"
     log "postgres up on 127.0.0.1:$PG_PORT"
+  elif [ -f "$data/PG_VERSION" ] && pg_write_hba "$data"; then
+    # Ours, running with older rules (trust, until the reload below): set the
+    # password over TCP first, then load the new rules.
+    psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -qAt -v ON_ERROR_STOP=1 \
+      <<<"SET password_encryption = 'scram-sha-256'; ALTER ROLE postgres PASSWORD '$pw';" >/dev/null \
+      || die "could not set the postgres password on the running server"
+    pg_run "'$bin/pg_ctl' -D '$data' reload" >/dev/null
+    log "postgres on 127.0.0.1:$PG_PORT now takes a password (was trust)"
   fi
-  if ! psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -tAc "select 1 from pg_database where datname='$PG_DB'" | grep -q 1; then
-    psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "create database $PG_DB" >/dev/null
+  # The password in the file is the server's (set it over the socket if not).
+  if ! PGPASSWORD=$pw psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -qAtc 'select 1' >/dev/null 2>&1; then
+    [ -f "$data/PG_VERSION" ] || die "PostgreSQL on port $PG_PORT is not ours and refuses the password in $PG_PASSWORD_FILE"
+    pg_run "psql -h '$sock' -p $PG_PORT -U postgres -d postgres -qAt -v ON_ERROR_STOP=1" \
+      <<<"SET password_encryption = 'scram-sha-256'; ALTER ROLE postgres PASSWORD '$pw';" >/dev/null \
+      || die "could not set the postgres password over the local socket"
   fi
+  if ! pg_psql "select 1 from pg_database where datname='$PG_DB'" | grep -q 1; then
+    pg_psql "create database $PG_DB" >/dev/null
+  fi
+  dotenv_upgrade
+}
+
+# psql as the superuser over loopback TCP, with the password.
+pg_psql() { PGPASSWORD=$(pg_password) psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -qtAc "$1"; }
+
+# A .env made from an older .env.example points at the password-less URL of
+# this server: give it the password, so `make run` keeps working.
+dotenv_upgrade() {
+  local f="$ROOT/.env" old="postgres://postgres@127.0.0.1:$PG_PORT/"
+  if [ -f "$f" ] && grep -q "^DATABASE_URL=$old" "$f"; then
+    sed -i "s|^DATABASE_URL=$old|DATABASE_URL=postgres://postgres:$(pg_password)@127.0.0.1:$PG_PORT/|" "$f"
+    chmod 600 "$f"
+    log "gave DATABASE_URL in .env the local password"
+  fi
+}
+
+# .env from .env.example, with this checkout's database password and a fresh
+# random JWT secret filled in (0600: it holds both).
+dotenv() {
+  local f="$ROOT/.env" tmp
+  [ -f "$f" ] && { log ".env exists; leaving it"; return; }
+  tmp=$(mktemp "$ROOT/.env.XXXXXX")
+  chmod 600 "$tmp"
+  sed -e "s|^DATABASE_URL=postgres://postgres@127.0.0.1:5479/|DATABASE_URL=postgres://postgres:$(pg_password)@127.0.0.1:$PG_PORT/|" \
+      -e "s|^REDIS_URL=redis://127.0.0.1:6479/|REDIS_URL=redis://127.0.0.1:$REDIS_PORT/|" \
+      -e "s|^JWT_SECRET=$|JWT_SECRET=$(od -An -N48 -tx1 /dev/urandom | tr -d ' \n')|" \
+      "$ROOT/.env.example" >"$tmp"
+  mv "$tmp" "$f"
+  log "wrote .env (database password and a random JWT secret filled in)"
 }
 
 down() {
@@ -109,15 +219,18 @@ case "${1:-}" in
     redis-cli -p "$REDIS_PORT" ping 2>/dev/null | sed "s/^/redis $REDIS_PORT: /" || echo "redis $REDIS_PORT: down"
     pg_isready -h 127.0.0.1 -p "$PG_PORT" || true ;;
   env)
-    echo "DATABASE_URL=postgres://postgres@127.0.0.1:$PG_PORT/$PG_DB"
+    echo "DATABASE_URL=$(pg_url)"
+    echo "TEST_DATABASE_URL=$(pg_url postgres)"
     echo "REDIS_URL=redis://127.0.0.1:$REDIS_PORT/" ;;
+  pg-password) pg_password ;;
+  dotenv) dotenv ;;
   clean-tests)
     # Databases and Redis keys left by earlier integration-test runs.
-    for db in $(psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -tAc "select datname from pg_database where datname like 'test\_%'"); do
-      psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "drop database if exists $db" >/dev/null
+    for db in $(pg_psql "select datname from pg_database where datname like 'test\_%'"); do
+      pg_psql "drop database if exists $db" >/dev/null
     done
     redis-cli -p "$REDIS_PORT" --scan --pattern 't_*' | xargs -r -n 500 redis-cli -p "$REDIS_PORT" del >/dev/null ;;
   pg-stop) data=$(pg_dir); pg_run "'$(pg_bin)/pg_ctl' -D '$data' -m fast -w stop" >/dev/null ;;
   pg-start) pg_up ;;
-  *) echo "usage: $0 up|down|status|env|clean-tests|pg-stop|pg-start" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|env|pg-password|dotenv|clean-tests|pg-stop|pg-start" >&2; exit 2 ;;
 esac

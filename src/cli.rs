@@ -38,6 +38,9 @@ pub enum Command {
         starts_at: Option<DateTime<Utc>>,
         #[arg(long)]
         ends_at: Option<DateTime<Utc>>,
+        /// Count its redemptions under its own name in the metrics.
+        #[arg(long)]
+        tracked: bool,
     },
     /// Print a bearer token, bare. `--user NAME [--admin]`: a user token (the
     /// user is created without a usable password if missing), for operators
@@ -69,10 +72,11 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             db::migrate(&config).await?;
             println!("migrations applied");
         }
-        Command::CreateCode { code, amount, limit, starts_at, ends_at } => {
+        Command::CreateCode { code, amount, limit, starts_at, ends_at, tracked } => {
             db::migrate(&config).await?;
             let state = AppState::connect(config).await?;
-            let input = CreateCode { starts_at, ends_at, ..CreateCode::credit(code, amount, limit) };
+            let input =
+                CreateCode { starts_at, ends_at, tracked: Some(tracked), ..CreateCode::credit(code, amount, limit) };
             let code = create_code(&state.pg, &state.gate, input, &state.config.default_time_zone)
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;

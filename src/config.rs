@@ -17,7 +17,11 @@ pub enum ConfigError {
     Invalid { name: &'static str, reason: String },
     #[error("{0} must be set")]
     Missing(&'static str),
-    #[error("JWT_SECRET is the example secret or shorter than {MIN_SECRET_LEN} bytes; set a real one (or APP_ENV=dev for local use)")]
+    #[error(
+        "JWT_SECRET (or JWT_PREVIOUS_SECRET) is the example secret or shorter than {MIN_SECRET_LEN} bytes: \
+         anyone who has read the repository could sign tokens with it. Make one with \
+         `openssl rand -base64 48`. (APP_ENV=dev allows a weak secret on a loopback HTTP_ADDR only.)"
+    )]
     WeakSecret,
 }
 
@@ -83,6 +87,34 @@ pub struct Config {
     /// Header naming the client address, set by a trusted reverse proxy
     /// (e.g. `x-forwarded-for`, its last hop is used). None = the socket's peer.
     pub trusted_proxy_header: Option<String>,
+    /// Where Prometheus scrapes /metrics: a listener of its own (loopback by
+    /// default), never the public one. None = no metrics listener.
+    pub metrics_addr: Option<String>,
+    /// Bounds on what one stranger can make the server do.
+    pub limits: WorkLimits,
+}
+
+/// Bounds on the work strangers can cause: connections, slow bodies,
+/// password hashing, live report streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkLimits {
+    /// Open connections accepted in all (split evenly across workers); more
+    /// wait in the listen backlog.
+    pub max_connections: usize,
+    /// Connections per worker in their TLS/accept handshake at once (actix's
+    /// `max_connection_rate`; it only bites on TLS listeners).
+    pub max_connection_rate: usize,
+    /// Time a client has to send its request head (408 after).
+    pub client_request_timeout: Duration,
+    /// Time a client has to send its whole body once the head is in (408 after).
+    pub body_read_timeout: Duration,
+    /// Password hashes waiting for a CPU slot, at most; a full queue answers 503.
+    pub hash_queue: usize,
+    /// Longest a password hash waits for a slot before the request gets 503.
+    pub hash_wait: Duration,
+    /// Live report streams (SSE) open at once, per admin and in all.
+    pub streams_per_admin: usize,
+    pub streams_total: usize,
 }
 
 /// At most `burst` requests back to back; the bucket refills fully over `per`
@@ -145,6 +177,8 @@ impl std::fmt::Debug for Config {
             .field("jwt_previous_secret", &self.jwt_previous_secret.as_ref().map(|_| "<redacted>"))
             .field("rate_limits", &self.rate_limits)
             .field("trusted_proxy_header", &self.trusted_proxy_header)
+            .field("metrics_addr", &self.metrics_addr)
+            .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
 }
@@ -228,14 +262,36 @@ impl Config {
                 failed_code_address: Limit::per_hour(vars.parse("RATE_FAILED_CODE_PER_ADDRESS_PER_HOUR", 200)?),
             },
             trusted_proxy_header: vars.get("TRUSTED_PROXY_HEADER").map(|h| h.trim().to_ascii_lowercase()),
+            // Unset: loopback. Set but empty, or "off": no metrics listener.
+            metrics_addr: match lookup("METRICS_ADDR").as_deref().map(str::trim) {
+                None => Some("127.0.0.1:9464".to_string()),
+                Some("" | "off") => None,
+                Some(addr) => Some(addr.to_string()),
+            },
+            limits: WorkLimits {
+                max_connections: vars.parse("MAX_CONNECTIONS", 10_000)?,
+                max_connection_rate: vars.parse("MAX_CONNECTION_RATE", 256)?,
+                client_request_timeout: Duration::from_millis(vars.parse("CLIENT_REQUEST_TIMEOUT_MS", 5_000)?),
+                body_read_timeout: Duration::from_millis(vars.parse("BODY_READ_TIMEOUT_MS", 10_000)?),
+                hash_queue: vars.parse("HASH_QUEUE", 64)?,
+                hash_wait: Duration::from_millis(vars.parse("HASH_WAIT_MS", 2_000)?),
+                streams_per_admin: vars.parse("SSE_STREAMS_PER_ADMIN", 16)?,
+                streams_total: vars.parse("SSE_STREAMS_TOTAL", 64)?,
+            },
         };
         config.validate()?;
         Ok(config)
     }
 
+    /// A weak secret (the example, or under 32 bytes) is allowed only in dev
+    /// mode on a loopback address: on any other address strangers can reach
+    /// the gateway, and the example secret is public.
+    fn weak_secret_allowed(&self) -> bool {
+        self.app_env == AppEnv::Dev && is_loopback(&self.http_addr)
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
-        let weak = self.jwt_secret == EXAMPLE_JWT_SECRET || self.jwt_secret.len() < MIN_SECRET_LEN;
-        if weak && self.app_env != AppEnv::Dev {
+        if is_weak(&self.jwt_secret) && !self.weak_secret_allowed() {
             return Err(ConfigError::WeakSecret);
         }
         if self.jwt_secret.is_empty() {
@@ -248,8 +304,7 @@ impl Config {
             });
         }
         if let Some(previous) = &self.jwt_previous_secret {
-            let weak = previous == EXAMPLE_JWT_SECRET || previous.len() < MIN_SECRET_LEN;
-            if weak && self.app_env != AppEnv::Dev {
+            if is_weak(previous) && !self.weak_secret_allowed() {
                 return Err(ConfigError::WeakSecret);
             }
             if previous == &self.jwt_secret {
@@ -266,6 +321,7 @@ impl Config {
             });
         }
         self.validate_rate_limits()?;
+        self.validate_work_limits()?;
         if let Some(h) = &self.trusted_proxy_header {
             if actix_web::http::header::HeaderName::from_bytes(h.as_bytes()).is_err() {
                 return Err(ConfigError::Invalid {
@@ -295,6 +351,31 @@ impl Config {
         Ok(())
     }
 
+    fn validate_work_limits(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        for (name, value) in [
+            ("MAX_CONNECTIONS", l.max_connections),
+            ("MAX_CONNECTION_RATE", l.max_connection_rate),
+            ("SSE_STREAMS_PER_ADMIN", l.streams_per_admin),
+            ("SSE_STREAMS_TOTAL", l.streams_total),
+            ("CLIENT_REQUEST_TIMEOUT_MS", l.client_request_timeout.as_millis() as usize),
+            ("BODY_READ_TIMEOUT_MS", l.body_read_timeout.as_millis() as usize),
+            ("HASH_WAIT_MS", l.hash_wait.as_millis() as usize),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid { name, reason: "must be at least 1".into() });
+            }
+        }
+        // Port 0 (a free port each, in tests) cannot collide.
+        if self.metrics_addr.as_deref() == Some(self.http_addr.as_str()) && !self.http_addr.ends_with(":0") {
+            return Err(ConfigError::Invalid {
+                name: "METRICS_ADDR",
+                reason: "must differ from HTTP_ADDR (metrics are never served to the public listener)".into(),
+            });
+        }
+        Ok(())
+    }
+
     fn validate_rate_limits(&self) -> Result<(), ConfigError> {
         let r = &self.rate_limits;
         for (name, limit) in [
@@ -313,6 +394,22 @@ impl Config {
         }
         Ok(())
     }
+}
+
+fn is_weak(secret: &str) -> bool {
+    secret == EXAMPLE_JWT_SECRET || secret.len() < MIN_SECRET_LEN
+}
+
+/// Whether `addr` (host:port) can only be reached from this machine:
+/// `localhost`, or a loopback IP. Anything else (0.0.0.0, a hostname, a
+/// public address) counts as reachable by strangers.
+pub fn is_loopback(addr: &str) -> bool {
+    let host = match addr.rsplit_once(':') {
+        Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => host,
+        _ => addr,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 fn parse_weekdays(list: &str) -> Result<Vec<chrono::Weekday>, ConfigError> {
@@ -374,6 +471,18 @@ mod tests {
         assert!(matches!(with(&[("JWT_SECRET", EXAMPLE_JWT_SECRET)]), Err(ConfigError::WeakSecret)));
         assert!(matches!(with(&[("JWT_SECRET", "short")]), Err(ConfigError::WeakSecret)));
         assert!(with(&[("JWT_SECRET", EXAMPLE_JWT_SECRET), ("APP_ENV", "dev")]).is_ok());
+        // Dev mode allows it on loopback only: never where strangers connect.
+        for public in ["0.0.0.0:8080", "[::]:8080", "10.0.0.5:80", "gateway.example:8080"] {
+            let c = with(&[("JWT_SECRET", EXAMPLE_JWT_SECRET), ("APP_ENV", "dev"), ("HTTP_ADDR", public)]);
+            assert!(matches!(c, Err(ConfigError::WeakSecret)), "{public}");
+            let c = with(&[("JWT_SECRET", "short-but-dev"), ("APP_ENV", "dev"), ("HTTP_ADDR", public)]);
+            assert!(matches!(c, Err(ConfigError::WeakSecret)), "{public}");
+        }
+        for local in ["127.0.0.1:8080", "localhost:0", "[::1]:8080", "127.1.2.3:9"] {
+            let c = with(&[("JWT_SECRET", EXAMPLE_JWT_SECRET), ("APP_ENV", "dev"), ("HTTP_ADDR", local)]);
+            assert!(c.is_ok(), "{local}");
+        }
+        assert!(with(&[("JWT_SECRET", &"s".repeat(40)), ("HTTP_ADDR", "0.0.0.0:8080")]).is_ok());
         assert!(with(&[("JWT_SECRET", &"s".repeat(40))]).is_ok());
         assert!(matches!(with(&[]), Err(ConfigError::Missing("JWT_SECRET"))));
     }
@@ -436,6 +545,27 @@ mod tests {
         };
         assert!(matches!(prod("short"), Err(ConfigError::WeakSecret)));
         assert!(prod(&"p".repeat(40)).is_ok());
+    }
+
+    #[test]
+    fn metrics_get_their_own_loopback_listener_unless_turned_off() {
+        assert_eq!(config_with(&[]).ok().and_then(|c| c.metrics_addr).as_deref(), Some("127.0.0.1:9464"));
+        assert_eq!(config_with(&[("METRICS_ADDR", "off")]).ok().map(|c| c.metrics_addr), Some(None));
+        assert_eq!(config_with(&[("METRICS_ADDR", "")]).ok().map(|c| c.metrics_addr), Some(None));
+        assert!(config_with(&[("METRICS_ADDR", "127.0.0.1:8080")]).is_err(), "never on the public listener");
+    }
+
+    #[test]
+    fn work_limits_have_defaults_and_refuse_zero() {
+        let l = config_with(&[]).map(|c| c.limits).ok();
+        assert_eq!(
+            l.map(|l| (l.max_connections, l.hash_queue, l.streams_per_admin, l.streams_total)),
+            Some((10_000, 64, 16, 64))
+        );
+        for name in ["MAX_CONNECTIONS", "BODY_READ_TIMEOUT_MS", "SSE_STREAMS_TOTAL", "HASH_WAIT_MS"] {
+            let err = config_with(&[(name, "0")]).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.contains(name), "{err}");
+        }
     }
 
     #[test]

@@ -17,6 +17,12 @@ pub enum ApiError {
     InvalidInput(String),
     #[error("request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
+    /// The body did not arrive within `BODY_READ_TIMEOUT_MS`.
+    #[error("the request body did not arrive in time")]
+    RequestTimeout,
+    /// Too many live report streams open (per admin or in all).
+    #[error("too many live streams open ({0}); close one first")]
+    TooManyStreams(&'static str),
     #[error("{0}")]
     Unauthorized(&'static str),
     #[error("the token has expired")]
@@ -95,6 +101,8 @@ impl ApiError {
             ApiError::MalformedJson(_) => "malformed_json",
             ApiError::InvalidInput(_) => "invalid_input",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::RequestTimeout => "request_timeout",
+            ApiError::TooManyStreams(_) => "too_many_streams",
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::TokenExpired => "token_expired",
             ApiError::InvalidCredentials => "invalid_credentials",
@@ -154,6 +162,8 @@ impl ApiError {
 
 /// Seconds a client should wait before retrying a 503.
 pub const RETRY_AFTER_SECONDS: u32 = 1;
+/// A stream slot frees when another stream ends: not within a second.
+pub const STREAM_RETRY_AFTER_SECONDS: u32 = 10;
 
 /// Every error answer: `{"error":{"code","message"}}`.
 #[derive(Serialize, utoipa::ToSchema)]
@@ -185,6 +195,8 @@ impl ResponseError for ApiError {
             | ApiError::VoucherExpired
             | ApiError::VoucherWrongType(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::TooManyStreams(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unauthorized(_) | ApiError::TokenExpired | ApiError::InvalidCredentials => {
                 StatusCode::UNAUTHORIZED
             }
@@ -219,6 +231,13 @@ impl ResponseError for ApiError {
             }
             ApiError::TooManyRequests { retry_after_secs } => {
                 response.insert_header((header::RETRY_AFTER, *retry_after_secs));
+            }
+            ApiError::TooManyStreams(_) => {
+                response.insert_header((header::RETRY_AFTER, STREAM_RETRY_AFTER_SECONDS));
+            }
+            ApiError::RequestTimeout => {
+                // The rest of the body may still be on its way: do not read it.
+                response.insert_header((header::CONNECTION, "close"));
             }
             ApiError::Unauthorized(_) | ApiError::TokenExpired => {
                 response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));

@@ -36,6 +36,10 @@ pub struct AppState {
     pub disabled_users: crate::auth::disabled::DisabledUsers,
     /// Held while local rejection counts are moved to Redis.
     pub flushing: tokio::sync::Mutex<()>,
+    /// The bounded, per-address fair queue in front of password hashing.
+    pub hashing: crate::auth::hash_queue::HashQueue,
+    /// Open live report streams, per admin and in all.
+    pub streams: crate::codes::live::Streams,
 }
 
 impl AppState {
@@ -56,6 +60,8 @@ impl AppState {
             reconciling: AtomicBool::new(false),
             flushing: tokio::sync::Mutex::new(()),
             disabled_users: Default::default(),
+            hashing: crate::auth::hash_queue::HashQueue::per_cpu(config.limits.hash_queue, config.limits.hash_wait),
+            streams: crate::codes::live::Streams::new(config.limits.streams_per_admin, config.limits.streams_total),
             config,
         };
         state.ping_postgres().await.map_err(|e| anyhow::anyhow!("cannot reach Postgres at DATABASE_URL: {e}"))?;
@@ -72,6 +78,8 @@ impl AppState {
 pub struct Application {
     port: u16,
     server: Server,
+    /// The metrics listener (`METRICS_ADDR`): its port and server, if on.
+    metrics: Option<(u16, Server)>,
     state: Arc<AppState>,
     _scheduler: Option<tokio_cron_scheduler::JobScheduler>,
 }
@@ -93,12 +101,28 @@ impl Application {
         let listener = TcpListener::bind(&state.config.http_addr)
             .map_err(|e| anyhow::anyhow!("cannot bind HTTP_ADDR {}: {e}", state.config.http_addr))?;
         let port = listener.local_addr()?.port();
+        let metrics = match &state.config.metrics_addr {
+            Some(addr) => {
+                let listener = TcpListener::bind(addr).map_err(|e| {
+                    anyhow::anyhow!("cannot bind METRICS_ADDR {addr}: {e} (set another address, or METRICS_ADDR=off)")
+                })?;
+                let port = listener.local_addr()?.port();
+                tracing::info!(%addr, port, "metrics listener");
+                Some((port, serve_metrics(state.clone(), listener)?))
+            }
+            None => None,
+        };
         let server = serve(state.clone(), listener)?;
-        Ok(Application { port, server, state, _scheduler: Some(scheduler) })
+        Ok(Application { port, server, metrics, state, _scheduler: Some(scheduler) })
     }
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The metrics listener's port, if it is on.
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics.as_ref().map(|(port, _)| *port)
     }
 
     pub fn state(&self) -> Arc<AppState> {
@@ -108,7 +132,15 @@ impl Application {
     /// Runs until SIGINT/SIGTERM: actix stops accepting, lets in-flight
     /// requests finish, then we flush the rejection counts.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let metrics = self.metrics.map(|(_, server)| {
+            let handle = server.handle();
+            tokio::spawn(server);
+            handle
+        });
         let result = self.server.await;
+        if let Some(handle) = metrics {
+            handle.stop(false).await;
+        }
         service::flush_local_rejections(&self.state).await;
         result
     }
@@ -119,10 +151,12 @@ fn serve(state: Arc<AppState>, listener: TcpListener) -> anyhow::Result<Server> 
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
         n => n,
     };
+    let limits = state.config.limits;
     let data = web::Data::from(state);
     let server = HttpServer::new(move || {
         let (json, query, payload) = http::extractor_configs(data.config.body_limit_bytes);
         App::new()
+            .wrap(actix_web::middleware::from_fn(http::body::read_body))
             .wrap(http::json_error_net())
             .wrap(actix_web::middleware::from_fn(http::observe::observe))
             .app_data(data.clone())
@@ -134,7 +168,32 @@ fn serve(state: Arc<AppState>, listener: TcpListener) -> anyhow::Result<Server> 
     })
     .workers(workers)
     .backlog(4096)
+    // A cap on open connections (slow clients hold one each): actix counts
+    // per worker, so the total is split; beyond it, connections wait in the backlog.
+    .max_connections(limits.max_connections.div_ceil(workers))
+    .max_connection_rate(limits.max_connection_rate)
+    // The request head must arrive within this; the body has its own deadline (http::body).
+    .client_request_timeout(limits.client_request_timeout)
     .shutdown_timeout(30)
+    .listen(listener)?
+    .run();
+    Ok(server)
+}
+
+/// The metrics listener: GET /metrics only, one worker, few connections.
+fn serve_metrics(state: Arc<AppState>, listener: TcpListener) -> anyhow::Result<Server> {
+    let data = web::Data::from(state);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .configure(http::observe::configure_metrics)
+            .default_service(web::to(http::not_found))
+    })
+    .workers(1)
+    .max_connections(64)
+    .client_request_timeout(Duration::from_secs(5))
+    .disable_signals()
+    .shutdown_timeout(1)
     .listen(listener)?
     .run();
     Ok(server)

@@ -1,6 +1,7 @@
 //! Logs and metrics, set up once per process. Tracing: `RUST_LOG` filters
 //! (default `info`), `LOG_FORMAT=json` for structured logs. Metrics: a
-//! Prometheus recorder rendered at /metrics; every metric name is a constant
+//! Prometheus recorder rendered at /metrics on the metrics listener
+//! (`METRICS_ADDR`); every metric name is a constant
 //! here, so they are easy to find and never misspelt.
 
 use std::sync::OnceLock;
@@ -24,7 +25,8 @@ pub fn init(format: LogFormat) {
 pub const HTTP_REQUESTS: &str = "http_requests_total";
 pub const HTTP_DURATION: &str = "http_request_duration_seconds";
 /// Redemptions by `code` and `outcome` (success, sold_out, already_redeemed,
-/// not_eligible, code_not_found, try_again, error).
+/// not_eligible, code_not_found, try_again, error). `code` is the name of a
+/// tracked code, else `untracked` (or `unknown` for no such code).
 pub const REDEMPTIONS: &str = "redemptions_total";
 /// Time of the Redis claim script, and of the Postgres commit statement.
 pub const GATE_DURATION: &str = "gate_claim_duration_seconds";

@@ -14,11 +14,14 @@ use redeem_gateway::loadgen::{scenarios, setup, Bench};
 use redeem_gateway::startup::Application;
 use tokio_postgres::NoTls;
 
+#[path = "support/local_pg.rs"]
+mod local_pg;
+
 fn service_urls() -> (String, String) {
     let _ = dotenvy::dotenv();
     let pg = std::env::var("TEST_DATABASE_URL")
         .or_else(|_| std::env::var("DATABASE_URL"))
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5479/postgres".into());
+        .unwrap_or_else(|_| local_pg::default_server_url());
     let redis = std::env::var("TEST_REDIS_URL")
         .or_else(|_| std::env::var("REDIS_URL"))
         .unwrap_or_else(|_| "redis://127.0.0.1:6479/".into());
@@ -32,10 +35,7 @@ async fn create_database(server_url: &str, name: &str) -> String {
         .expect("cannot reach the test PostgreSQL; start it with `scripts/services.sh up`");
     tokio::spawn(conn);
     client.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
-    let config: tokio_postgres::Config = server_url.parse().unwrap();
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    let user = config.get_user().unwrap_or("postgres").to_string();
-    format!("postgres://{user}@127.0.0.1:{port}/{name}")
+    local_pg::with_database(server_url, name)
 }
 
 async fn spawn_bench() -> Bench {
@@ -54,6 +54,7 @@ async fn spawn_bench() -> Bench {
         ("PG_POOL_SIZE", "8"),
         ("RECONCILE_INTERVAL_SECONDS", "3600"),
         ("RATE_LIMIT_ENABLED", "false"),
+        ("METRICS_ADDR", "off"),
     ]);
     let config = Config::from_lookup(|name| vars.get(name).map(|v| v.to_string())).expect("test config");
     let app = Application::build(config).await.expect("app builds");

@@ -20,6 +20,8 @@ use crate::startup::AppState;
 pub struct AuthUser {
     pub user_id: i64,
     pub role: Role,
+    /// When the token expires (Unix seconds).
+    pub expires_at: u64,
 }
 
 impl AuthUser {
@@ -49,7 +51,7 @@ fn bearer(req: &HttpRequest) -> Result<&str, ApiError> {
 fn authenticate(req: &HttpRequest) -> Result<AuthUser, ApiError> {
     let state = state_of(req)?;
     let token = bearer(req)?;
-    let Identity { user_id, role } = state.tokens.verify(token).map_err(|e| {
+    let Identity { user_id, role, expires_at } = state.tokens.verify(token).map_err(|e| {
         if state.tokens.verify_service(token).is_ok() {
             ApiError::Forbidden("a service token cannot call user or admin routes")
         } else {
@@ -63,7 +65,7 @@ fn authenticate(req: &HttpRequest) -> Result<AuthUser, ApiError> {
     if state.disabled_users.contains(user_id) {
         return Err(ApiError::Unauthorized("this account is disabled"));
     }
-    Ok(AuthUser { user_id, role })
+    Ok(AuthUser { user_id, role, expires_at })
 }
 
 impl FromRequest for AuthUser {

@@ -5,6 +5,7 @@
 
 pub mod disabled;
 pub mod extract;
+pub mod hash_queue;
 pub mod password;
 pub mod routes;
 pub mod store;

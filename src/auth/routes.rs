@@ -87,7 +87,8 @@ pub struct RegisterResponse {
     (status = 400, description = "malformed_json", body = ErrorBody),
     (status = 422, description = "invalid_input", body = ErrorBody),
     (status = 413, description = "payload_too_large", body = ErrorBody),
-    (status = 429, description = "rate_limited (see Retry-After)", body = ErrorBody)))]
+    (status = 429, description = "rate_limited (see Retry-After)", body = ErrorBody),
+    (status = 503, description = "try_again: the password-hash queue is full (see Retry-After)", body = ErrorBody)))]
 pub async fn register(
     state: web::Data<AppState>,
     addr: ClientAddr,
@@ -100,7 +101,14 @@ pub async fn register(
     if let Some(p) = &phone {
         check_phone(p)?;
     }
-    let password_hash = password::hash(password).await?;
+    // Every cheap refusal before the expensive hash: a taken name costs one
+    // indexed read, not a CPU slot. (The insert still settles a race.)
+    let db = state.pg.get().await.map_err(crate::db::StoreError::from)?;
+    if store::username_taken(&db, username.as_str()).await? {
+        return Err(ApiError::UsernameTaken);
+    }
+    drop(db); // not held across the hash queue
+    let password_hash = password::hash(&state.hashing, &addr.subject(), password).await?;
     let db = state.pg.get().await.map_err(crate::db::StoreError::from)?;
     let new_user =
         store::NewUser { username: username.as_str(), password_hash: &password_hash, phone: phone.as_deref() };
@@ -150,7 +158,7 @@ pub async fn authenticate(
         Some(user) => (Some(user.id), Some(user.password_hash)),
         None => (None, None),
     };
-    let ok = password.len() <= 1024 && password::verify(password, hash).await?;
+    let ok = password.len() <= 1024 && password::verify(&state.hashing, &addr.subject(), password, hash).await?;
     state.limiter.login_outcome(raw_username, addr, ok && id.is_some()).await;
     match id {
         Some(id) if ok => Ok(id),
@@ -172,7 +180,8 @@ pub fn issue_login(state: &AppState, user_id: i64) -> Result<LoginResponse, ApiE
     (status = 401, description = "invalid_credentials", body = ErrorBody),
     (status = 400, description = "malformed_json", body = ErrorBody),
     (status = 422, description = "invalid_input", body = ErrorBody),
-    (status = 429, description = "rate_limited (see Retry-After)", body = ErrorBody)))]
+    (status = 429, description = "rate_limited (see Retry-After)", body = ErrorBody),
+    (status = 503, description = "try_again: the password-hash queue is full (see Retry-After)", body = ErrorBody)))]
 pub async fn login(
     state: web::Data<AppState>,
     addr: ClientAddr,

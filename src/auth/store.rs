@@ -36,6 +36,12 @@ pub async fn find_by_username(db: &impl GenericClient, username: &str) -> Result
     Ok(db.query_opt(&stmt, &[&username]).await?.map(|row| StoredUser { id: row.get(0), password_hash: row.get(1) }))
 }
 
+/// Whether any account (disabled ones too) has this name.
+pub async fn username_taken(db: &impl GenericClient, username: &str) -> Result<bool, StoreError> {
+    let stmt = db.prepare_cached("SELECT 1 FROM users WHERE username = $1").await?;
+    Ok(db.query_opt(&stmt, &[&username]).await?.is_some())
+}
+
 pub async fn user_exists(db: &impl GenericClient, user_id: i64) -> Result<bool, StoreError> {
     let stmt = db.prepare_cached("SELECT 1 FROM users WHERE id = $1").await?;
     Ok(db.query_opt(&stmt, &[&user_id]).await?.is_some())

@@ -56,6 +56,8 @@ pub struct Claims {
 pub struct Identity {
     pub user_id: i64,
     pub role: Role,
+    /// The token's `exp` (Unix seconds): long-lived responses end there.
+    pub expires_at: u64,
 }
 
 /// What a service may do; a service token lists its scopes.
@@ -277,7 +279,7 @@ impl TokenKeys {
         if data.claims.kind == Some(TokenKind::Service) {
             return Err(ApiError::Unauthorized("invalid token"));
         }
-        Ok(Identity { user_id, role: data.claims.role })
+        Ok(Identity { user_id, role: data.claims.role, expires_at: data.claims.exp })
     }
 }
 
@@ -395,7 +397,7 @@ mod tests {
         let k = keys();
         let t = k.issue(42, Role::Admin).unwrap_or_default();
         let id = k.verify(&t).ok();
-        assert!(matches!(id, Some(Identity { user_id: 42, role: Role::Admin })));
+        assert!(matches!(id, Some(Identity { user_id: 42, role: Role::Admin, .. })));
     }
 
     #[test]

@@ -50,6 +50,10 @@ pub struct CreateCode {
     /// Coupons only: eligibility rules (all must hold).
     #[schema(value_type = Option<Object>)]
     pub rules: Option<serde_json::Value>,
+    /// Count its redemptions under its own name in the metrics (default false:
+    /// they share the label `untracked`). Mark only codes whose name may be
+    /// seen by whoever reads the metrics, and few of them: one series each.
+    pub tracked: Option<bool>,
 }
 
 impl CreateCode {
@@ -66,6 +70,7 @@ impl CreateCode {
             time_zone: None,
             reward: None,
             rules: None,
+            tracked: None,
         }
     }
 }
@@ -173,6 +178,7 @@ pub async fn create_code(pg: &Pool, gate: &Gate, input: CreateCode, default_tz: 
         reward: &valid.reward,
         rules: &valid.rules,
         batch: None,
+        tracked: input.tracked.unwrap_or(false),
     };
     let code = store::insert_code(&db, &new).await?.ok_or(ApiError::CodeExists)?;
     // A brand-new code has no redemptions: its gate state replaces any leftover.
@@ -200,6 +206,8 @@ pub struct ChangeCode {
     pub status: Option<CodeStatus>,
     #[schema(value_type = Option<Object>)]
     pub rules: Option<serde_json::Value>,
+    /// Per-code metric series on or off (never for bulk codes).
+    pub tracked: Option<bool>,
 }
 
 /// Tells "absent" (None) from "null" (Some(None)).
@@ -225,6 +233,9 @@ pub async fn change_code(pg: &Pool, gate: &Gate, code: &Code, change: ChangeCode
     if change.rules.is_some() && code.kind != CodeKind::Coupon {
         return Err(invalid("rules apply to coupons only"));
     }
+    if change.tracked == Some(true) && code.batch.is_some() {
+        return Err(invalid("bulk codes are never tracked: one metric series per code would have no bound"));
+    }
     let store_change = CodeChange {
         limit: change.limit.map(check_limit).transpose()?,
         per_user_limit: change
@@ -235,6 +246,7 @@ pub async fn change_code(pg: &Pool, gate: &Gate, code: &Code, change: ChangeCode
         ends_at: change.ends_at,
         status: change.status,
         rules: change.rules.as_ref().map(check_rules).transpose()?,
+        tracked: change.tracked,
     };
     let mut db = pg.get().await.map_err(StoreError::from)?;
     let (changed, limit_version) = match store::change_code(&mut db, code, &store_change).await? {
@@ -277,6 +289,8 @@ pub struct BulkCodes {
     pub count: i64,
     /// The campaign the codes belong to (defaults to the prefix).
     pub batch: Option<String>,
+    /// Must be absent or false: bulk codes are never tracked in the metrics.
+    pub tracked: Option<bool>,
     /// As for one code (credit: amount; voucher/coupon: reward, rules).
     #[serde(flatten)]
     pub template: BulkTemplate,
@@ -320,6 +334,9 @@ pub async fn bulk_generate(
     if !(1..=MAX_BULK).contains(&input.count) {
         return Err(invalid(format!("count must be between 1 and {MAX_BULK}")));
     }
+    if input.tracked == Some(true) {
+        return Err(invalid("bulk codes are never tracked: one metric series per code would have no bound"));
+    }
     let t = input.template;
     let template = CreateCode {
         code: prefix.as_str().to_string(),
@@ -332,6 +349,7 @@ pub async fn bulk_generate(
         time_zone: t.time_zone,
         reward: t.reward,
         rules: t.rules,
+        tracked: None,
     };
     let valid = validate(&template, default_tz)?;
     let batch = input.batch.unwrap_or_else(|| prefix.as_str().to_string());

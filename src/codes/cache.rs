@@ -214,6 +214,13 @@ impl CodeCache {
         map.get(name).and_then(|e| e.code.as_ref()).map(|c| c.hints.clone())
     }
 
+    /// Whether the cached code `name` is tracked in the metrics (false when
+    /// unknown or not cached): decided from the cache, never from input.
+    pub fn is_tracked(&self, name: &str) -> bool {
+        let Ok(map) = self.inner.entries.read() else { return false };
+        map.get(name).and_then(|e| e.code.as_ref()).is_some_and(|c| c.code.tracked && c.code.batch.is_none())
+    }
+
     fn lookup(&self, name: &str) -> Lookup {
         let Ok(map) = self.inner.entries.read() else { return Lookup::Missing };
         match map.get(name) {

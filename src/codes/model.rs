@@ -151,6 +151,9 @@ pub struct Code {
     /// Orders the changes of the code's controls (see migrations/V4).
     #[serde(skip)]
     pub control_rev: i64,
+    /// Its redemptions are counted under its own name in the metrics
+    /// (`redemptions_total{code=...}`); others share one label. Never for bulk codes.
+    pub tracked: bool,
 }
 
 impl Code {
@@ -262,6 +265,7 @@ mod tests {
             batch: None,
             created_at: Utc::now(),
             control_rev: 0,
+            tracked: false,
         }
     }
 

@@ -12,10 +12,10 @@ use super::model::{Code, CodeKind, CodeName, CodeStatus};
 use crate::db::StoreError;
 
 const CODE_COLUMNS: &str = "id, code, kind, amount, redemption_limit, per_user_limit, starts_at, ends_at, \
-                            status, time_zone, reward, rules, batch, created_at, control_rev";
+                            status, time_zone, reward, rules, batch, created_at, control_rev, tracked";
 
 /// How many columns CODE_COLUMNS names (a column after them is at this index).
-const CODE_COLUMN_COUNT: usize = 15;
+const CODE_COLUMN_COUNT: usize = 16;
 
 fn code_from_row(row: &Row) -> Code {
     Code {
@@ -34,6 +34,7 @@ fn code_from_row(row: &Row) -> Code {
         batch: row.get(12),
         created_at: row.get(13),
         control_rev: row.get(14),
+        tracked: row.get(15),
     }
 }
 
@@ -49,18 +50,19 @@ pub struct NewCode<'a> {
     pub reward: &'a serde_json::Value,
     pub rules: &'a serde_json::Value,
     pub batch: Option<&'a str>,
+    pub tracked: bool,
 }
 
 /// Inserts the code; `Ok(None)` if one with this name exists.
 pub async fn insert_code(db: &impl GenericClient, new: &NewCode<'_>) -> Result<Option<Code>, StoreError> {
     let sql = format!(
         "INSERT INTO codes (code, kind, amount, redemption_limit, per_user_limit, starts_at, ends_at,
-                            time_zone, reward, rules, batch)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                            time_zone, reward, rules, batch, tracked)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
          RETURNING {CODE_COLUMNS}"
     );
     let stmt = db.prepare_cached(&sql).await?;
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 11] = [
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 12] = [
         &new.code.as_str(),
         &new.kind.as_str(),
         &new.amount,
@@ -72,6 +74,7 @@ pub async fn insert_code(db: &impl GenericClient, new: &NewCode<'_>) -> Result<O
         new.reward,
         new.rules,
         &new.batch,
+        &new.tracked,
     ];
     match db.query_one(&stmt, &params).await {
         Ok(row) => Ok(Some(code_from_row(&row))),
@@ -296,6 +299,7 @@ pub struct CodeChange {
     pub ends_at: Option<Option<DateTime<Utc>>>,
     pub status: Option<CodeStatus>,
     pub rules: Option<serde_json::Value>,
+    pub tracked: Option<bool>,
 }
 
 #[derive(Debug)]
@@ -339,6 +343,7 @@ pub async fn change_code(
             rules = coalesce($9, rules),
             -- After the row lock: a later change always gets a larger number.
             control_rev = txid_current(),
+            tracked = coalesce($10, tracked),
             updated_at = now()
          WHERE id = $1 RETURNING {CODE_COLUMNS}, limit_version"
     );
@@ -356,6 +361,7 @@ pub async fn change_code(
                 &change.ends_at.flatten(),
                 &status,
                 &change.rules,
+                &change.tracked,
             ],
         )
         .await;

@@ -129,7 +129,7 @@ async fn detached_redeem(
     let state = state.clone();
     let work = async move {
         let result = service::redeem(&state, user_id, &name, order).await;
-        record_outcome(&name, &result);
+        record_outcome(&state, &name, &result);
         result
     };
     actix_web::rt::spawn(work.instrument(tracing::Span::current())).await.map_err(ApiError::internal)?

@@ -1,5 +1,7 @@
 //! GET /healthz (the process answers) and GET /readyz (it can reach Redis and
-//! Postgres, so a load balancer may send it traffic).
+//! Postgres, so a load balancer may send it traffic). Both are public, so
+//! they say which dependency failed and nothing more: the error text (hosts,
+//! ports, user names) goes to the log.
 
 use actix_web::http::Method;
 use actix_web::{web, HttpResponse};
@@ -24,12 +26,19 @@ pub async fn healthz() -> HttpResponse {
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses(
     (status = 200, description = "ready", body = Object,
         example = json!({"status": "ready", "checks": {"postgres": "ok", "redis": "ok", "disabled_users": "ok"}})),
-    (status = 503, description = "a dependency is unreachable, or the disabled users are not loaded yet", body = Object)))]
+    (status = 503, description = "a dependency is unreachable, or the disabled users are not loaded yet: `checks` names it (\"unavailable\"), the reason is logged",
+        body = Object, example = json!({"error": {"code": "not_ready", "message": "a dependency is unreachable"},
+            "checks": {"postgres": "unavailable", "redis": "ok", "disabled_users": "ok"}}))))]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let (postgres, redis) = tokio::join!(state.ping_postgres(), state.gate.ping());
+    for (name, result) in [("postgres", &postgres), ("redis", &redis)] {
+        if let Err(e) = result {
+            tracing::warn!(dependency = name, error = %e, "not ready");
+        }
+    }
     let status = |r: &Result<(), String>| match r {
         Ok(()) => json!("ok"),
-        Err(e) => json!(e),
+        Err(_) => json!("unavailable"),
     };
     let loaded = state.disabled_users.is_loaded();
     let body = json!({

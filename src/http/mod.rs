@@ -2,6 +2,7 @@
 //! makes sure every error a client sees — ours or the framework's — is the
 //! JSON `{"error":{"code","message"}}`.
 
+pub mod body;
 pub mod dashboard;
 pub mod health;
 pub mod observe;
@@ -52,7 +53,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     crate::codes::routes::configure(cfg);
     crate::vouchers::routes::configure(cfg);
     crate::coupons::routes::configure(cfg);
-    observe::configure(cfg);
     dashboard::configure(cfg);
     openapi::configure(cfg);
 }

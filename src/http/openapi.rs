@@ -22,7 +22,6 @@ use crate::{auth, codes, redemption, wallet};
     paths(
         super::health::healthz,
         super::health::readyz,
-        super::observe::metrics_route,
         auth::routes::register,
         auth::routes::login,
         auth::routes::disable_user,

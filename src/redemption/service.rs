@@ -202,7 +202,7 @@ impl From<PastRedemption> for Redeemed {
 /// A repeat is 409 `already_redeemed` with the user's redemption beside it.
 pub async fn redeem(state: &Arc<AppState>, user_id: i64, name: &CodeName) -> Result<Redeemed, ApiError> {
     let result = redeem_credit(state, user_id, name).await;
-    record_outcome(name, &result);
+    record_outcome(state, name, &result);
     match result {
         Err(ApiError::AlreadyRedeemed) => Err(already_redeemed(past_redemption(state, user_id, name).await)),
         other => other,
@@ -227,7 +227,7 @@ pub async fn redeem_with_key(
         }
     }
     let result = redeem_credit(state, user_id, name).await;
-    record_outcome(name, &result);
+    record_outcome(state, name, &result);
     match result {
         Err(ApiError::AlreadyRedeemed) => match past_redemption(state, user_id, name).await {
             Ok(Some(r)) if ours(&r) => Ok(r.into()),
@@ -287,7 +287,11 @@ async fn redeem_credit(state: &Arc<AppState>, user_id: i64, name: &CodeName) -> 
     .await
 }
 
-pub fn record_outcome<T>(name: &CodeName, result: &Result<T, ApiError>) {
+/// Counts the outcome under the code's name if an operator marked it tracked,
+/// else under `untracked` (`unknown` for names that are no code): a code's
+/// name reaches the metrics only by an operator's choice, and the series
+/// count is bounded by (tracked codes + 2) x 7 outcomes.
+pub fn record_outcome<T>(state: &AppState, name: &CodeName, result: &Result<T, ApiError>) {
     let outcome = match result {
         Ok(_) => "success",
         Err(e @ (ApiError::SoldOut | ApiError::AlreadyRedeemed | ApiError::NotEligible(_) | ApiError::TryAgain(_))) => {
@@ -297,7 +301,13 @@ pub fn record_outcome<T>(name: &CodeName, result: &Result<T, ApiError>) {
         Err(_) => "error",
     };
     // Unknown codes are whatever a client typed: never a label value.
-    let code = if matches!(result, Err(ApiError::CodeNotFound)) { "unknown".to_string() } else { name.to_string() };
+    let code = if matches!(result, Err(ApiError::CodeNotFound)) {
+        "unknown".to_string()
+    } else if state.codes.is_tracked(name.as_str()) {
+        name.to_string()
+    } else {
+        "untracked".to_string()
+    };
     metrics::counter!(REDEMPTIONS, "code" => code, "outcome" => outcome).increment(1);
 }
 

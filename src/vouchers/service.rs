@@ -29,7 +29,7 @@ pub struct VoucherOutcome {
 /// The campaign's voucher for a user who just logged in, or why none.
 pub async fn voucher_for(state: &Arc<AppState>, user_id: i64, campaign: &CodeName) -> VoucherOutcome {
     let result = issue_voucher(state, user_id, campaign).await;
-    record_outcome(campaign, &result);
+    record_outcome(state, campaign, &result);
     let reason = match result {
         Ok(voucher) => return VoucherOutcome { issued: true, reason: None, voucher: Some(voucher) },
         Err(ApiError::AlreadyRedeemed) => "already_issued",

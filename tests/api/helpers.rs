@@ -19,7 +19,7 @@ fn service_urls() -> (String, String) {
     let _ = dotenvy::dotenv();
     let pg = std::env::var("TEST_DATABASE_URL")
         .or_else(|_| std::env::var("DATABASE_URL"))
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5479/postgres".into());
+        .unwrap_or_else(|_| crate::local_pg::default_server_url());
     let redis = std::env::var("TEST_REDIS_URL")
         .or_else(|_| std::env::var("REDIS_URL"))
         .unwrap_or_else(|_| "redis://127.0.0.1:6479/".into());
@@ -28,6 +28,8 @@ fn service_urls() -> (String, String) {
 
 pub struct TestApp {
     pub address: String,
+    /// The metrics listener (loopback, its own port).
+    pub metrics_address: String,
     pub client: reqwest::Client,
     pub state: Arc<AppState>,
     pub database: String,
@@ -74,6 +76,8 @@ pub async fn spawn_app_via(overrides: &[(&str, &str)], proxy_port: Option<u16>) 
         // Tests fire thousands of requests from one address; the abuse tests
         // turn the limits on.
         ("RATE_LIMIT_ENABLED", "false"),
+        // Many apps per test process: each its own metrics port.
+        ("METRICS_ADDR", "127.0.0.1:0"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -84,10 +88,12 @@ pub async fn spawn_app_via(overrides: &[(&str, &str)], proxy_port: Option<u16>) 
     let config = Config::from_lookup(|name| vars.get(name).cloned()).expect("test config");
     let app = Application::build(config).await.expect("app builds");
     let port = app.port();
+    let metrics_port = app.metrics_port().unwrap_or(0);
     let state = app.state();
     tokio::spawn(app.run_until_stopped());
     TestApp {
         address: format!("http://127.0.0.1:{port}"),
+        metrics_address: format!("http://127.0.0.1:{metrics_port}"),
         client: reqwest::Client::builder().pool_max_idle_per_host(2048).build().unwrap(),
         state,
         database,
@@ -122,12 +128,7 @@ async fn create_database(server_url: &str, name: &str) -> String {
         .expect("cannot reach the test PostgreSQL; start it with `scripts/services.sh up` (make test does this)");
     tokio::spawn(conn);
     client.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
-    let mut config: tokio_postgres::Config = server_url.parse().unwrap();
-    config.dbname(name);
-    let host = "127.0.0.1";
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    let user = config.get_user().unwrap_or("postgres").to_string();
-    format!("postgres://{user}@{host}:{port}/{name}")
+    crate::local_pg::with_database(server_url, name)
 }
 
 pub struct Response {

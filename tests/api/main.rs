@@ -4,6 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod helpers;
+#[path = "../support/local_pg.rs"]
+mod local_pg;
 mod pgproxy;
 
 mod abuse;
@@ -19,6 +21,7 @@ mod redemption;
 mod retries;
 mod services;
 mod slots;
+mod stranger;
 mod tokens;
 mod vouchers;
 mod wallet;

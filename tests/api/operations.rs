@@ -1,5 +1,6 @@
 //! What operators rely on: health, readiness, metrics, request ids.
 
+use redeem_gateway::codes::admin::CreateCode;
 use serde_json::json;
 
 use crate::helpers::spawn_app;
@@ -16,12 +17,14 @@ async fn health_and_readiness() {
 #[tokio::test]
 async fn metrics_count_requests_and_redemption_outcomes() {
     let app = spawn_app().await;
-    app.create_code("METRIC", 10, 1).await;
+    app.create(CreateCode { tracked: Some(true), ..CreateCode::credit("METRIC".into(), 10, 1) }).await;
     let users = app.create_users(2).await;
     assert_eq!(app.use_code(&users[0].1, "METRIC").await.status, 200);
     assert_eq!(app.use_code(&users[1].1, "METRIC").await.status, 410);
     assert_eq!(app.use_code(&users[1].1, "WHATEVER-TYPED").await.status, 404);
-    let res = app.client.get(format!("{}/metrics", app.address)).send().await.unwrap();
+    // On the metrics listener; the public port has no /metrics.
+    assert_eq!(app.get("/metrics", None).await.status, 404);
+    let res = app.client.get(format!("{}/metrics", app.metrics_address)).send().await.unwrap();
     assert_eq!(res.status(), 200);
     let text = res.text().await.unwrap();
     for needle in [

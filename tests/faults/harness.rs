@@ -96,7 +96,7 @@ impl Postgres {
         let _ = dotenvy::dotenv();
         let server_url = std::env::var("TEST_DATABASE_URL")
             .or_else(|_| std::env::var("DATABASE_URL"))
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5479/postgres".into());
+            .unwrap_or_else(|_| crate::local_pg::default_server_url());
         Postgres::Shared { server_url }
     }
 
@@ -114,9 +114,7 @@ impl Postgres {
         tokio::spawn(conn);
         let name = format!("test_{:016x}", rand::random::<u64>());
         client.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
-        let config: tokio_postgres::Config = server_url.parse().unwrap();
-        let port = config.get_ports().first().copied().unwrap_or(5432);
-        format!("postgres://postgres@127.0.0.1:{port}/{name}")
+        crate::local_pg::with_database(&server_url, &name)
     }
 }
 
@@ -226,6 +224,8 @@ impl GatewayEnv {
             ("RECONCILE_INTERVAL_SECONDS", "1"),
             ("CODE_CACHE_TTL_MS", "500"),
             ("RATE_LIMIT_ENABLED", "false"),
+            // Several gateways per test: no fixed metrics port to fight over.
+            ("METRICS_ADDR", "off"),
             ("RUST_LOG", "warn,redeem_gateway=info"),
         ]
         .iter()

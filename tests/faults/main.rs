@@ -7,5 +7,7 @@
 
 mod harness;
 mod load;
+#[path = "../support/local_pg.rs"]
+mod local_pg;
 mod pause;
 mod scenarios;
