@@ -306,7 +306,7 @@ async fn probe_code(
     let mut rng = StdRng::seed_from_u64(seed ^ 0x9F0B);
     let (mut got, mut sold_out_seen, mut seqs) = (0i64, false, Vec::new());
     for (i, u) in users.iter().enumerate() {
-        let r = probe_request(c, u, &format!("{ORDER_PREFIX}-{}-probe-{}-{i}", world.run_tag, c.name));
+        let r = probe_request(c, u, &world.checkout, &format!("{ORDER_PREFIX}-{}-probe-{}-{i}", world.run_tag, c.name));
         let before = world.history.len();
         let answer = world.until_final(PROBE, &mut rng, &r).await.0;
         // Other codes' probes run at once: keep this code's events only.
@@ -325,7 +325,7 @@ async fn probe_code(
     Some(ProbeResult { code: c.name.clone(), limit, live_before, got, live_after, events: seqs })
 }
 
-fn probe_request(c: &SimCode, u: &cluster::SimUser, order: &str) -> Request {
+fn probe_request(c: &SimCode, u: &cluster::SimUser, checkout: &str, order: &str) -> Request {
     let (kind, path, body, token) = match c.kind {
         CodeKind::Credit => (Kind::CreditUse, "/codes/use", json!({ "code": c.name }), Some(u.token.clone())),
         CodeKind::Voucher => (
@@ -339,8 +339,8 @@ fn probe_request(c: &SimCode, u: &cluster::SimUser, order: &str) -> Request {
             (
                 Kind::CouponRedeem,
                 "/coupons/redeem",
-                workload::order_body(&c.name, order, &mut rng),
-                Some(u.token.clone()),
+                workload::redeem_body(&workload::order_body(&c.name, order, &mut rng), u.id),
+                Some(checkout.to_string()),
             )
         }
     };

@@ -74,7 +74,7 @@ pub fn order_body(code: &str, number: &str, rng: &mut StdRng) -> Value {
 }
 
 /// The checkout's redeem: the quote's body, naming the user.
-fn redeem_body(quote: &Value, user: i64) -> Value {
+pub fn redeem_body(quote: &Value, user: i64) -> Value {
     let mut body = quote.clone();
     body["user_id"] = json!(user);
     body
