@@ -8,12 +8,11 @@
 //! the README's "Simulation" section for the knobs and what is checked.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../support/local_pg.rs"]
-#[allow(dead_code)]
-mod local_pg;
 #[path = "../faults/harness.rs"]
 #[allow(dead_code)]
 mod harness;
+#[path = "../support/local_pg.rs"]
+mod local_pg;
 
 mod checker;
 mod cluster;
