@@ -54,8 +54,8 @@ soak: services-up
 	SOAK_SECONDS=$${SOAK_SECONDS:-300} SOAK_SEEDS=$${SOAK_SEEDS:-3} \
 		$(CARGO) test --test sim soak -- --ignored --nocapture --test-threads=1
 
-## The short fixed-seed schedule CI runs (about 2 minutes). The rules listed in
-## SIM_CI_SKIP_RULES are the ones main breaks today (see the README's Simulation section).
+## The short fixed-seed schedule CI runs (about 2 minutes), every invariant checked.
+## SIM_CI_SKIP_RULES: invariants CI would skip while a known bug awaits its fix (none today).
 SIM_CI_SKIP_RULES ?=
 sim-ci: services-up
 	SIM_SEED=$${SIM_SEED:-20261126} SOAK_SECONDS=$${SOAK_SECONDS:-60} SOAK_SEEDS=1 \
