@@ -16,6 +16,7 @@ pub mod ratelimit;
 pub mod reconciler;
 pub mod redemption;
 pub mod startup;
+pub mod state;
 pub mod telemetry;
 pub mod vouchers;
 pub mod wallet;

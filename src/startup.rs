@@ -2,77 +2,17 @@
 //! actix `App` (used alike by `serve` and the tests), and the background
 //! tasks (reconciler, rejection-count flusher).
 
-use std::collections::HashSet;
 use std::net::TcpListener;
-use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
 
-use crate::auth::TokenKeys;
-use crate::codes::CodeCache;
 use crate::config::Config;
-use crate::ratelimit::RateLimiter;
-use crate::redemption::{service, Gate};
+use crate::redemption::service;
+pub use crate::state::AppState;
 use crate::{db, http, reconciler};
-
-pub struct AppState {
-    pub config: Config,
-    pub pg: deadpool_postgres::Pool,
-    /// For operator and reconciler work; the hot path uses the gate's own connection.
-    pub redis: deadpool_redis::Pool,
-    pub gate: Gate,
-    /// Abuse limits in Redis (login, registration, code attempts, failed codes).
-    pub limiter: Arc<RateLimiter>,
-    pub tokens: TokenKeys,
-    pub codes: CodeCache,
-    /// Codes (by id) with an on-demand rebuild in flight in this process.
-    pub rebuilding: Mutex<HashSet<i64>>,
-    /// A reconciler run is in progress in this process.
-    pub reconciling: AtomicBool,
-    /// Users whose tokens are refused (see auth::disabled).
-    pub disabled_users: crate::auth::disabled::DisabledUsers,
-    /// Held while local rejection counts are moved to Redis.
-    pub flushing: tokio::sync::Mutex<()>,
-    /// The bounded, per-address fair queue in front of password hashing.
-    pub hashing: crate::auth::hash_queue::HashQueue,
-    /// Open live report streams, per admin and in all.
-    pub streams: crate::codes::live::Streams,
-}
-
-impl AppState {
-    /// Connects to Postgres and Redis. Does not migrate.
-    pub async fn connect(config: Config) -> anyhow::Result<Arc<Self>> {
-        let pg = db::pg_pool(&config)?;
-        let redis = db::redis_pool(&config)?;
-        let gate = Gate::connect(&config).await?;
-        let limiter = Arc::new(RateLimiter::connect(&config).await?);
-        let state = AppState {
-            tokens: TokenKeys::new(&config),
-            limiter,
-            codes: CodeCache::new(config.code_cache_ttl),
-            pg,
-            redis,
-            gate,
-            rebuilding: Mutex::new(HashSet::new()),
-            reconciling: AtomicBool::new(false),
-            flushing: tokio::sync::Mutex::new(()),
-            disabled_users: Default::default(),
-            hashing: crate::auth::hash_queue::HashQueue::per_cpu(config.limits.hash_queue, config.limits.hash_wait),
-            streams: crate::codes::live::Streams::new(config.limits.streams_per_admin, config.limits.streams_total),
-            config,
-        };
-        state.ping_postgres().await.map_err(|e| anyhow::anyhow!("cannot reach Postgres at DATABASE_URL: {e}"))?;
-        Ok(Arc::new(state))
-    }
-
-    pub async fn ping_postgres(&self) -> Result<(), String> {
-        let db = self.pg.get().await.map_err(|e| e.to_string())?;
-        db.simple_query("SELECT 1").await.map(|_| ()).map_err(|e| e.to_string())
-    }
-}
 
 /// A running application: its port and the server future to await.
 pub struct Application {

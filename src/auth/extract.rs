@@ -14,7 +14,7 @@ use actix_web::{web, FromRequest, HttpRequest};
 
 use super::token::{Identity, Role, Scope};
 use crate::error::ApiError;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 #[derive(Debug, Clone, Copy)]
 pub struct AuthUser {

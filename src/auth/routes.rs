@@ -10,7 +10,7 @@ use crate::error::ApiError;
 use crate::error::ErrorBody;
 use crate::http::{route, Json};
 use crate::ratelimit::ClientAddr;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     route(cfg, Method::POST, "/auth/register", register);

@@ -21,7 +21,7 @@ use actix_web::HttpResponse;
 use super::{report, routes::find, Code};
 use crate::auth::AdminUser;
 use crate::error::{ApiError, ErrorBody};
-use crate::startup::AppState;
+use crate::state::AppState;
 
 const TICK: Duration = Duration::from_millis(500);
 const KEEPALIVE: Duration = Duration::from_secs(2);

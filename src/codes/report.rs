@@ -12,7 +12,7 @@ use super::store;
 use crate::db::StoreError;
 use crate::error::ApiError;
 use crate::redemption::service::flush_local_rejections;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// Rejection reasons always present in a report (zero when none).
 const REASONS: [&str; 4] = ["sold_out", "already_redeemed", "not_eligible", "try_again"];

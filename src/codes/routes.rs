@@ -13,7 +13,7 @@ use crate::auth::AdminUser;
 use crate::db::StoreError;
 use crate::error::{ApiError, ErrorBody};
 use crate::http::{route, Json, Query};
-use crate::startup::AppState;
+use crate::state::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     route(cfg, Method::POST, "/codes/report", report_route);

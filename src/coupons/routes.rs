@@ -21,7 +21,7 @@ use crate::http::{route, Json};
 use crate::idempotency::{self, IdempotencyKey};
 use crate::ratelimit::ClientAddr;
 use crate::redemption::service::record_outcome;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     route(cfg, Method::POST, "/coupons/quote", quote_route);

@@ -18,7 +18,7 @@ use crate::db::StoreError;
 use crate::error::ApiError;
 use crate::ratelimit::ClientAddr;
 use crate::redemption::service::{lookup, through_gate};
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// Size limits on a checkout's order (the rules judge the rest).
 pub fn check_order(order: &Order) -> Result<(), ApiError> {

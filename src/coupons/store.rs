@@ -7,8 +7,8 @@ use serde::Serialize;
 
 use crate::db::StoreError;
 use crate::error::ApiError;
+use crate::redemption::commit::Commit;
 use crate::redemption::commit::{conflict_of, Conflict};
-use crate::redemption::service::Commit;
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct CouponUse {

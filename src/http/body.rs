@@ -20,7 +20,7 @@ use actix_web::HttpMessage;
 use futures_util::StreamExt;
 
 use crate::error::ApiError;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Encoding {

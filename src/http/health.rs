@@ -8,7 +8,7 @@ use actix_web::{web, HttpResponse};
 use serde_json::json;
 
 use super::route;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     route(cfg, Method::GET, "/healthz", healthz);

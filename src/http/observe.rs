@@ -18,7 +18,7 @@ use actix_web::middleware::Next;
 use actix_web::{web, HttpResponse};
 use tracing::Instrument;
 
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::telemetry::{self, HTTP_DURATION, HTTP_REQUESTS, POOL_IDLE, POOL_SIZE, POOL_WAITING};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");

@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 
 use crate::db::StoreError;
 use crate::error::ApiError;
-use crate::startup::AppState;
+use crate::state::AppState;
 use store::Begin;
 
 pub const HEADER: &str = "Idempotency-Key";

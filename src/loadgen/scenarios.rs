@@ -11,7 +11,7 @@ use super::driver::{drive, Generator, Work};
 use super::setup::{self, Users};
 use super::stats::Summary;
 use super::verify::{self, Invariants};
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// Where and how hard to push.
 pub struct Bench {

@@ -9,7 +9,7 @@ use super::client::{bearer, Request};
 use crate::auth::Role;
 use crate::codes::admin::{create_code, CreateCode};
 use crate::codes::Code;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// Users made for one run, and their ready-made `Authorization` headers.
 pub struct Users {

@@ -9,7 +9,7 @@ use actix_web::dev::Payload;
 use actix_web::http::header::HeaderMap;
 use actix_web::{web, FromRequest, HttpRequest};
 
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// The client's address per the trusted-proxy rule. Never fails: a request
 /// with no usable address at all is counted under 0.0.0.0 (one shared bucket).

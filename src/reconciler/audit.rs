@@ -28,7 +28,7 @@ use super::rebuild::RebuildError;
 use crate::codes::{store, Code};
 use crate::db::StoreError;
 use crate::redemption::gate::{AuditPlan, GateSnapshot, OwnedTicket};
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// Tickets one audit step looks at.
 pub const TICKETS_PER_STEP: i64 = 10_000;

@@ -11,7 +11,7 @@ use super::rebuild::RebuildError;
 use crate::codes::store;
 use crate::db::StoreError;
 use crate::redemption::gate::Controls;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// How far back a pass looks: several passes see every change, so one pass
 /// that fails (or a gateway that dies holding the lock) loses nothing.

@@ -24,7 +24,7 @@ use crate::codes::store::{self as codes_store, GateTruth};
 use crate::codes::Code;
 use crate::db::StoreError;
 use crate::redemption::gate::Controls;
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::telemetry::{
     RECONCILER_CONFIRMED, RECONCILER_DURATION, RECONCILER_LIMITS_REPAIRED, RECONCILER_REBUILDS, RECONCILER_RELEASED,
     RECONCILER_RUNS, RECONCILER_TICKETS_FREED,

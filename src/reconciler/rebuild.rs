@@ -9,7 +9,7 @@ use std::sync::Arc;
 use crate::codes::{store, Code};
 use crate::db::StoreError;
 use crate::redemption::gate::{Controls, GateError};
-use crate::startup::AppState;
+use crate::state::AppState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RebuildError {

@@ -9,7 +9,7 @@ use super::rebuild::RebuildError;
 use crate::codes::{store, Code};
 use crate::db::StoreError;
 use crate::redemption::gate::Release;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// Claims looked at per code per run; the rest wait for the next run.
 const MAX_PER_RUN: usize = 10_000;

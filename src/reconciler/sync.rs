@@ -4,7 +4,7 @@
 use super::rebuild::RebuildError;
 use crate::codes::{store, Code};
 use crate::db::StoreError;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 pub async fn sync_counters(state: &AppState, code: &Code) -> Result<(), RebuildError> {
     let Some(snapshot) = state.gate.snapshot(&code.code).await? else {

@@ -170,3 +170,18 @@ pub fn conflict_of(e: &tokio_postgres::Error) -> Option<Conflict> {
         None
     }
 }
+
+/// What a kind's commit reports back to `through_gate`.
+#[derive(Debug)]
+pub enum Commit<T> {
+    Done(T),
+    /// The holder already has a committed use: keep its claim, free the spare ticket.
+    AlreadyHeld,
+    /// Postgres holds this ticket already (Redis lost state): drop it; the caller may retry.
+    TicketTaken,
+    /// The ticket is not below the code's limit any more (it was lowered): give
+    /// it back (the gate sets it aside until a raise).
+    TicketOutOfRange,
+    /// Refused for the holder's own reason (unknown user, per-user limit): free the ticket.
+    Refused(crate::error::ApiError),
+}

@@ -17,7 +17,7 @@ use crate::error::{ApiError, ErrorBody};
 use crate::http::{route, Json};
 use crate::idempotency::{self, Attempt, IdempotencyKey};
 use crate::ratelimit::ClientAddr;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     route(cfg, Method::POST, "/codes/use", use_code);

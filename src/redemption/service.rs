@@ -18,23 +18,10 @@ use crate::codes::{store as codes_store, CachedCode, CodeKind, CodeName};
 use crate::db::StoreError;
 use crate::error::ApiError;
 use crate::reconciler;
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::telemetry::{COMMIT_DURATION, GATE_DURATION, REDEMPTIONS};
 
-/// What a kind's commit reports back to `through_gate`.
-#[derive(Debug)]
-pub enum Commit<T> {
-    Done(T),
-    /// The holder already has a committed use: keep its claim, free the spare ticket.
-    AlreadyHeld,
-    /// Postgres holds this ticket already (Redis lost state): drop it; the caller may retry.
-    TicketTaken,
-    /// The ticket is not below the code's limit any more (it was lowered): give
-    /// it back (the gate sets it aside until a raise).
-    TicketOutOfRange,
-    /// Refused for the holder's own reason (unknown user, per-user limit): free the ticket.
-    Refused(ApiError),
-}
+pub use super::commit::Commit;
 
 /// The code named `name`, from the cache; 404 if it does not exist.
 pub async fn lookup(state: &AppState, name: &CodeName) -> Result<Arc<CachedCode>, ApiError> {

@@ -15,7 +15,7 @@ use crate::db::StoreError;
 use crate::error::{ApiError, ErrorBody};
 use crate::http::{route, Json};
 use crate::ratelimit::ClientAddr;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     route(cfg, Method::POST, "/campaigns/login", campaign_login);

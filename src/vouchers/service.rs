@@ -13,7 +13,7 @@ use super::store::{self, Voucher, VoucherTerms};
 use crate::codes::{CodeKind, CodeName};
 use crate::error::ApiError;
 use crate::redemption::service::{lookup, record_outcome, through_gate};
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// Whether this login earned a voucher, and why not.
 #[derive(Serialize, ToSchema)]

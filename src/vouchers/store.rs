@@ -6,8 +6,8 @@ use serde::Serialize;
 
 use crate::codes::VoucherReward;
 use crate::db::StoreError;
+use crate::redemption::commit::Commit;
 use crate::redemption::commit::{conflict_of, Conflict};
-use crate::redemption::service::Commit;
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Voucher {

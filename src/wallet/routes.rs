@@ -12,7 +12,7 @@ use crate::auth::{scope, store as users, AuthUser, ServiceCaller};
 use crate::db::StoreError;
 use crate::error::{ApiError, ErrorBody};
 use crate::http::{parse_json_or_default, route, Json, Query};
-use crate::startup::AppState;
+use crate::state::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     route(cfg, Method::POST, "/wallet/balance", balance);

@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 use super::store::{self, Inserted, NewMovement, StoredMovement, SERVICE_CREDIT, SERVICE_DEBIT};
 use crate::db::StoreError;
 use crate::error::ApiError;
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::vouchers::service::{check_spendable, discount_on};
 use crate::vouchers::store as vouchers;
 
