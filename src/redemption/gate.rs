@@ -173,6 +173,14 @@ struct Keys {
     base: String,
 }
 
+impl Keys {
+    /// The live keys in the order release.lua, cancel.lua, audit.lua and
+    /// install.lua take them as KEYS[1..6] (claim.lua puts `stats` between).
+    fn live(&self) -> [&str; 6] {
+        [&self.meta, &self.claims, &self.pending, &self.free, &self.dropped, &self.owners]
+    }
+}
+
 #[derive(Clone)]
 pub struct Gate {
     conn: ConnectionManager,
@@ -304,12 +312,7 @@ impl Gate {
         let mut conn = self.conn.clone();
         let released: i64 = self
             .release
-            .key(&k.meta)
-            .key(&k.claims)
-            .key(&k.pending)
-            .key(&k.free)
-            .key(&k.dropped)
-            .key(&k.owners)
+            .key(&k.live()[..])
             .arg(holder)
             .arg(ticket)
             .arg(mode.as_arg())
@@ -402,12 +405,7 @@ impl Gate {
         }
         let installed: i64 = self
             .install
-            .key(&k.meta)
-            .key(&k.claims)
-            .key(&k.pending)
-            .key(&k.free)
-            .key(&k.dropped)
-            .key(&k.owners)
+            .key(&k.live()[..])
             .key(&staged_claims)
             .key(&staged_free)
             .key(&staged_owners)
@@ -535,18 +533,7 @@ impl Gate {
     pub async fn give_back(&self, code: &str, holder: &str, ticket: i32) -> Result<bool, GateError> {
         let k = self.keys(code);
         let mut conn = self.conn.clone();
-        let given: i64 = self
-            .cancel
-            .key(&k.meta)
-            .key(&k.claims)
-            .key(&k.pending)
-            .key(&k.free)
-            .key(&k.dropped)
-            .key(&k.owners)
-            .arg(holder)
-            .arg(ticket)
-            .invoke_async(&mut conn)
-            .await?;
+        let given: i64 = self.cancel.key(&k.live()[..]).arg(holder).arg(ticket).invoke_async(&mut conn).await?;
         Ok(given > 0)
     }
 
@@ -646,7 +633,7 @@ impl Gate {
         let k = self.keys(code);
         let mut conn = self.conn.clone();
         let mut inv = self.audit.prepare_invoke();
-        inv.key(&k.meta).key(&k.claims).key(&k.pending).key(&k.free).key(&k.dropped).key(&k.owners);
+        inv.key(&k.live()[..]);
         inv.arg(&marks.epoch).arg(&marks.moves);
         inv.arg(plan.cursor_after.map(|c| c.to_string()).unwrap_or_default());
         inv.arg(plan.start_marks.map(|(d, p)| format!("{d}:{p}")).unwrap_or_default());
