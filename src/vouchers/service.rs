@@ -22,6 +22,8 @@ pub struct VoucherOutcome {
     /// When not issued: already_issued, campaign_full, not_active, no_such_campaign, try_again.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'static str>,
+    /// The voucher issued now, or, with `already_issued`, the one issued to this user
+    /// earlier (so a login whose answer was lost learns on retry what it won).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub voucher: Option<Voucher>,
 }
@@ -32,7 +34,10 @@ pub async fn voucher_for(state: &Arc<AppState>, user_id: i64, campaign: &CodeNam
     record_outcome(state, campaign, &result);
     let reason = match result {
         Ok(voucher) => return VoucherOutcome { issued: true, reason: None, voucher: Some(voucher) },
-        Err(ApiError::AlreadyRedeemed) => "already_issued",
+        Err(ApiError::AlreadyRedeemed) => {
+            let voucher = issued_earlier(state, user_id, campaign).await;
+            return VoucherOutcome { issued: false, reason: Some("already_issued"), voucher };
+        }
         Err(ApiError::SoldOut) => "campaign_full",
         Err(ApiError::NotEligible(_)) => "not_active",
         Err(ApiError::CodeNotFound) => "no_such_campaign",
@@ -44,6 +49,20 @@ pub async fn voucher_for(state: &Arc<AppState>, user_id: i64, campaign: &CodeNam
         }
     };
     VoucherOutcome { issued: false, reason: Some(reason), voucher: None }
+}
+
+/// The voucher this campaign issued the user before; None if it cannot be read
+/// now (the answer still says already_issued; `GET /vouchers` lists it).
+async fn issued_earlier(state: &AppState, user_id: i64, campaign: &CodeName) -> Option<Voucher> {
+    let code = lookup(state, campaign).await.ok()?;
+    let db = state.pg.get().await.ok()?;
+    match store::of_user_in_campaign(&db, user_id, code.code.id).await {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading an already issued voucher failed");
+            None
+        }
+    }
 }
 
 async fn issue_voucher(state: &Arc<AppState>, user_id: i64, campaign: &CodeName) -> Result<Voucher, ApiError> {

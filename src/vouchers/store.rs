@@ -69,29 +69,44 @@ pub async fn issue(
     }
 }
 
+const VOUCHER_COLUMNS: &str =
+    "v.id, c.code, v.voucher_type, v.percent, v.max_amount, v.issued_at, v.expires_at, v.used_at";
+
+fn voucher_of_row(r: &tokio_postgres::Row) -> Voucher {
+    Voucher {
+        id: r.get(0),
+        campaign: r.get(1),
+        voucher_type: r.get(2),
+        percent: r.get(3),
+        max_amount: r.get(4),
+        issued_at: r.get(5),
+        expires_at: r.get(6),
+        used_at: r.get(7),
+    }
+}
+
 /// The user's vouchers, newest first.
 pub async fn of_user(db: &impl GenericClient, user_id: i64) -> Result<Vec<Voucher>, StoreError> {
-    let stmt = db
-        .prepare_cached(
-            "SELECT v.id, c.code, v.voucher_type, v.percent, v.max_amount, v.issued_at, v.expires_at, v.used_at
-             FROM vouchers v JOIN codes c ON c.id = v.code_id WHERE v.user_id = $1 ORDER BY v.id DESC LIMIT 500",
-        )
-        .await?;
-    Ok(db
-        .query(&stmt, &[&user_id])
-        .await?
-        .iter()
-        .map(|r| Voucher {
-            id: r.get(0),
-            campaign: r.get(1),
-            voucher_type: r.get(2),
-            percent: r.get(3),
-            max_amount: r.get(4),
-            issued_at: r.get(5),
-            expires_at: r.get(6),
-            used_at: r.get(7),
-        })
-        .collect())
+    let sql = format!(
+        "SELECT {VOUCHER_COLUMNS} FROM vouchers v JOIN codes c ON c.id = v.code_id
+         WHERE v.user_id = $1 ORDER BY v.id DESC LIMIT 500"
+    );
+    let stmt = db.prepare_cached(&sql).await?;
+    Ok(db.query(&stmt, &[&user_id]).await?.iter().map(voucher_of_row).collect())
+}
+
+/// The voucher a campaign issued to the user, if any (one per user and campaign).
+pub async fn of_user_in_campaign(
+    db: &impl GenericClient,
+    user_id: i64,
+    code_id: i64,
+) -> Result<Option<Voucher>, StoreError> {
+    let sql = format!(
+        "SELECT {VOUCHER_COLUMNS} FROM vouchers v JOIN codes c ON c.id = v.code_id
+         WHERE v.user_id = $1 AND v.code_id = $2"
+    );
+    let stmt = db.prepare_cached(&sql).await?;
+    Ok(db.query_opt(&stmt, &[&user_id, &code_id]).await?.as_ref().map(voucher_of_row))
 }
 
 /// What a voucher gives and whether it can still be spent, as stored.

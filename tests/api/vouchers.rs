@@ -155,6 +155,10 @@ async fn the_answer_says_why_no_voucher_and_vouchers_are_listed() {
             (Some(false), Some(reason)),
             "{campaign}"
         );
+        // Only the user's own earlier voucher is ever shown, and only with already_issued.
+        let shown = res.body["voucher"]["voucher"]["id"].as_i64();
+        let expected = (reason == "already_issued").then(|| first.body["voucher"]["voucher"]["id"].as_i64().unwrap());
+        assert_eq!(shown, expected, "{campaign}: {:?}", res.body);
     }
     let wrong = app
         .post("/campaigns/login", json!({"username": names[1], "password": "wrong-password", "campaign": "ONE"}), None)

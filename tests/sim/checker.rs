@@ -313,7 +313,8 @@ pub fn every_ok_backed_by_a_row(input: &Input) -> Vec<Violation> {
         by_holder.entry((r.code.clone(), r.holder())).or_default().push(r);
     }
     let mut out = Vec::new();
-    for e in input.events.iter().filter(|e| e.answer == Answer::Ok) {
+    // An already_issued that names a use must name the holder's real one, too.
+    for e in input.events.iter().filter(|e| matches!(e.answer, Answer::Ok | Answer::AlreadyWithUse)) {
         let Some(h) = input.holder(e) else { continue };
         let rows = by_holder.get(&h).map(Vec::as_slice).unwrap_or(&[]);
         let backed = match e.id {
@@ -344,7 +345,7 @@ enum Told {
 }
 
 fn told(attempts: &[&Event]) -> Told {
-    if attempts.iter().any(|e| e.answer == Answer::Ok) {
+    if attempts.iter().any(|e| matches!(e.answer, Answer::Ok | Answer::AlreadyWithUse)) {
         return Told::Success;
     }
     if attempts.iter().any(|e| e.answer == Answer::Already) {
@@ -638,6 +639,19 @@ mod tests {
         assert_eq!(run(no_credit_told_failure, &refused, &s), 1);
         let fine = [event(0, 0, 0, Kind::CreditUse, Some(7), 0, Answer::Ok)];
         assert_eq!(run(commit_acknowledged, &fine, &s) + run(no_credit_told_failure, &fine, &s), 0);
+    }
+
+    #[test]
+    fn an_already_that_names_the_use_acknowledges_it_and_must_name_the_right_one() {
+        let s = snap(10, vec![row(1, 7, 50)]);
+        let named =
+            |id| Event { id: Some(id), ..event(1, 0, 0, Kind::CreditUse, Some(7), 100, Answer::AlreadyWithUse) };
+        let lost = event(0, 0, 0, Kind::CreditUse, Some(7), 0, Answer::Unanswered("timeout".into()));
+        let acknowledged = [lost.clone(), named(1)];
+        assert_eq!(run(commit_acknowledged, &acknowledged, &s), 0);
+        assert_eq!(run(every_ok_backed_by_a_row, &acknowledged, &s), 0);
+        let wrong = [lost, named(2)];
+        assert_eq!(run(every_ok_backed_by_a_row, &wrong, &s), 1, "names a use the holder does not hold");
     }
 
     #[test]

@@ -56,6 +56,9 @@ pub enum Answer {
     Ok,
     /// 409 already_redeemed / voucher already_issued.
     Already,
+    /// Already, and the answer names the holder's committed use (`id`): a voucher
+    /// login's already_issued carries the voucher, so the client learns what it won.
+    AlreadyWithUse,
     /// 410 sold_out / voucher campaign_full.
     SoldOut,
     /// 422 not_eligible / voucher not_active.
@@ -83,6 +86,7 @@ impl Answer {
         match self {
             Answer::Ok => "200".into(),
             Answer::Already => "409 already".into(),
+            Answer::AlreadyWithUse => "already, with the use".into(),
             Answer::SoldOut => "410 sold_out".into(),
             Answer::NotEligible => "422 not_eligible".into(),
             Answer::TryAgain => "503 try_again".into(),

@@ -185,6 +185,7 @@ fn classify(kind: Kind, status: u16, body: &Value) -> Answer {
             return Answer::Ok;
         }
         return match body["voucher"]["reason"].as_str().unwrap_or("") {
+            "already_issued" if body["voucher"]["voucher"]["id"].is_i64() => Answer::AlreadyWithUse,
             "already_issued" => Answer::Already,
             "campaign_full" => Answer::SoldOut,
             "not_active" => Answer::NotEligible,
@@ -203,6 +204,9 @@ fn classify(kind: Kind, status: u16, body: &Value) -> Answer {
 }
 
 fn extract(kind: Kind, answer: &Answer, body: &Value) -> (Option<i64>, Option<i64>) {
+    if *answer == Answer::AlreadyWithUse {
+        return (body["voucher"]["voucher"]["id"].as_i64(), None);
+    }
     if *answer != Answer::Ok {
         return (None, None);
     }
