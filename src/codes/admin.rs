@@ -9,7 +9,7 @@ use rand::Rng;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use super::model::{Code, CodeKind, CodeName, CodeStatus, VoucherReward};
+use super::model::{Code, CodeKind, CodeName, CodeStatus, Reward, VoucherReward};
 use super::store::{self, ChangeOutcome, CodeChange};
 use crate::coupons::{CouponReward, Rules};
 use crate::db::StoreError;
@@ -26,29 +26,30 @@ pub const MAX_BULK: i64 = 100_000;
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct CreateCode {
-    #[schema(example = "SPRING")]
+    #[schema(value_type = super::model::CodeNameSchema)]
     pub code: String,
     /// credit (default), voucher or coupon.
     #[serde(default)]
     pub kind: Option<CodeKind>,
     /// Credit codes only: credit per redemption, integer Toman, 1 to 10^12.
-    #[schema(example = 1000000)]
+    #[schema(example = 1000000, minimum = 1, maximum = 1000000000000_i64)]
     pub amount: Option<i64>,
     /// How many uses in all, 1 to 10,000,000.
-    #[schema(example = 1000)]
+    #[schema(example = 1000, minimum = 1, maximum = 10000000)]
     pub limit: i64,
-    /// Coupons only: uses per user (default 1).
+    /// Coupons only: uses per user, 1-1000 (default 1).
+    #[schema(minimum = 1, maximum = 1000)]
     pub per_user_limit: Option<i64>,
     pub starts_at: Option<DateTime<Utc>>,
     pub ends_at: Option<DateTime<Utc>>,
     /// IANA name, e.g. Asia/Tehran (the default); day rules are judged in it.
     pub time_zone: Option<String>,
-    /// Voucher: `{percent, max_amount?, voucher_type, valid_days}`.
-    /// Coupon: `{kind: {type: percent, percent} | {type: fixed, amount}, max_discount?, min_order_amount?}`.
-    #[schema(value_type = Option<Object>)]
+    /// Vouchers and coupons only (required for them), by `kind`: a
+    /// `VoucherReward` for `voucher`, a `CouponReward` for `coupon`.
+    #[schema(value_type = Option<Reward>)]
     pub reward: Option<serde_json::Value>,
     /// Coupons only: eligibility rules (all must hold).
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<Rules>)]
     pub rules: Option<serde_json::Value>,
     /// Count its redemptions under its own name in the metrics (default false:
     /// they share the label `untracked`). Mark only codes whose name may be
@@ -193,8 +194,11 @@ pub async fn create_code(pg: &Pool, gate: &Gate, input: CreateCode, default_tz: 
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
 pub struct ChangeCode {
-    /// New limit: up at will; down never to or below a ticket in use.
+    /// New limit, 1 to 10,000,000: up at will; down never to or below a ticket in use.
+    #[schema(minimum = 1, maximum = 10000000)]
     pub limit: Option<i64>,
+    /// Coupons only: 1-1000.
+    #[schema(minimum = 1, maximum = 1000)]
     pub per_user_limit: Option<i64>,
     /// null clears the bound; absent leaves it.
     #[serde(default, deserialize_with = "present")]
@@ -204,7 +208,8 @@ pub struct ChangeCode {
     #[schema(value_type = Option<DateTime<Utc>>)]
     pub ends_at: Option<Option<DateTime<Utc>>>,
     pub status: Option<CodeStatus>,
-    #[schema(value_type = Option<Object>)]
+    /// Coupons only: the new rules (replace the old ones).
+    #[schema(value_type = Option<Rules>)]
     pub rules: Option<serde_json::Value>,
     /// Per-code metric series on or off (never for bulk codes).
     pub tracked: Option<bool>,
@@ -282,12 +287,13 @@ pub async fn change_code(pg: &Pool, gate: &Gate, code: &Code, change: ChangeCode
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct BulkCodes {
     /// Prefix of every code, 1-20 characters of `A-Z 0-9 _ -`.
-    #[schema(example = "NOWRUZ")]
+    #[schema(example = "NOWRUZ", min_length = 1, max_length = 20, pattern = "^[A-Za-z0-9_-]{1,20}$")]
     pub prefix: String,
     /// How many codes, 1 to 100,000. Each is single-use (limit 1).
-    #[schema(example = 1000)]
+    #[schema(example = 1000, minimum = 1, maximum = 100000)]
     pub count: i64,
-    /// The campaign the codes belong to (defaults to the prefix).
+    /// The campaign the codes belong to (defaults to the prefix); 1-64 characters.
+    #[schema(min_length = 1, max_length = 64)]
     pub batch: Option<String>,
     /// Must be absent or false: bulk codes are never tracked in the metrics.
     pub tracked: Option<bool>,
@@ -299,13 +305,16 @@ pub struct BulkCodes {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct BulkTemplate {
     pub kind: Option<CodeKind>,
+    /// Credit codes only, 1 to 10^12.
+    #[schema(minimum = 1, maximum = 1000000000000_i64)]
     pub amount: Option<i64>,
     pub starts_at: Option<DateTime<Utc>>,
     pub ends_at: Option<DateTime<Utc>>,
     pub time_zone: Option<String>,
-    #[schema(value_type = Option<Object>)]
+    /// As for one code: by `kind`.
+    #[schema(value_type = Option<Reward>)]
     pub reward: Option<serde_json::Value>,
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<Rules>)]
     pub rules: Option<serde_json::Value>,
 }
 
@@ -353,7 +362,7 @@ pub async fn bulk_generate(
     };
     let valid = validate(&template, default_tz)?;
     let batch = input.batch.unwrap_or_else(|| prefix.as_str().to_string());
-    if batch.is_empty() || batch.len() > 64 {
+    if batch.is_empty() || batch.chars().count() > 64 {
         return Err(invalid("batch must be 1-64 characters"));
     }
     let mut rng = rand::rngs::OsRng;

@@ -10,4 +10,4 @@ pub mod routes;
 pub mod store;
 
 pub use cache::{CachedCode, CodeCache};
-pub use model::{Code, CodeKind, CodeName, CodeStatus, NotNow, VoucherReward};
+pub use model::{Code, CodeKind, CodeName, CodeNameSchema, CodeStatus, NotNow, VoucherReward};

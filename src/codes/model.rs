@@ -29,6 +29,41 @@ impl CodeName {
     }
 }
 
+/// The spec's schema of a code name, built from the same rules as
+/// [`CodeName::parse`] (so the two cannot disagree): 1-64 of `A-Z a-z 0-9 _ -`.
+/// The server also trims surrounding white space before it checks; the
+/// spec states the canonical form.
+pub struct CodeNameSchema;
+
+impl CodeName {
+    /// The characters a code may hold, as a JSON-Schema pattern class.
+    pub const CLASS: &'static str = "[A-Za-z0-9_-]";
+
+    pub fn pattern(max_len: usize) -> String {
+        format!("^{}{{1,{max_len}}}$", Self::CLASS)
+    }
+}
+
+impl utoipa::PartialSchema for CodeNameSchema {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1))
+            .max_length(Some(CodeName::MAX_LEN))
+            .pattern(Some(CodeName::pattern(CodeName::MAX_LEN)))
+            .description(Some("A code, case-insensitive (stored upper-case)."))
+            .examples(["SPRING"])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for CodeNameSchema {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "CodeName".into()
+    }
+}
+
 impl std::fmt::Display for CodeName {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
@@ -96,13 +131,42 @@ impl CodeKind {
 #[serde(deny_unknown_fields)]
 pub struct VoucherReward {
     /// Percentage off, 1-100.
+    #[schema(minimum = 1, maximum = 100, example = 30)]
     pub percent: u32,
     /// Largest discount one use of the voucher gives, if capped.
+    #[schema(minimum = 1, example = 50000)]
     pub max_amount: Option<i64>,
-    /// What it applies to, e.g. "mobile_topup".
+    /// What it applies to, e.g. "mobile_topup"; 1-64 characters.
+    #[schema(min_length = 1, max_length = 64, example = "mobile_topup")]
     pub voucher_type: String,
     /// How long an issued voucher stays valid, 1-3650 days.
+    #[schema(minimum = 1, maximum = 3650, example = 30)]
     pub valid_days: u32,
+}
+
+/// A credit code's reward is its `amount`: its `reward` is `{}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NoReward {}
+
+/// What a code hands out, by its `kind`: a `VoucherReward` for a voucher
+/// campaign, a `CouponReward` for a coupon. The code's `kind` says which
+/// (the two shapes never overlap: each refuses the other's fields). Credit
+/// codes take none: their `amount` is the reward.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum Reward {
+    Voucher(VoucherReward),
+    Coupon(crate::coupons::CouponReward),
+}
+
+/// A code's stored reward, as the API shows it: `{}` for credit codes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum CodeReward {
+    Credit(NoReward),
+    Voucher(VoucherReward),
+    Coupon(crate::coupons::CouponReward),
 }
 
 impl VoucherReward {
@@ -113,7 +177,7 @@ impl VoucherReward {
         if self.max_amount.is_some_and(|m| m <= 0) {
             return Err("max_amount must be positive".into());
         }
-        if self.voucher_type.is_empty() || self.voucher_type.len() > 64 {
+        if self.voucher_type.is_empty() || self.voucher_type.chars().count() > 64 {
             return Err("voucher_type must be 1-64 characters".into());
         }
         if !(1..=3650).contains(&self.valid_days) {
@@ -139,11 +203,11 @@ pub struct Code {
     pub status: CodeStatus,
     /// IANA time zone in which day rules are judged.
     pub time_zone: String,
-    /// Voucher or coupon reward (see VoucherReward / the coupon reward); {} for credit codes.
-    #[schema(value_type = Object)]
+    /// Voucher or coupon reward, by `kind`; {} for credit codes.
+    #[schema(value_type = CodeReward)]
     pub reward: serde_json::Value,
     /// Coupon eligibility rules; {} when none.
-    #[schema(value_type = Object)]
+    #[schema(value_type = crate::coupons::Rules)]
     pub rules: serde_json::Value,
     /// The campaign a bulk-generated code belongs to.
     pub batch: Option<String>,
