@@ -138,12 +138,11 @@ schemathesis_run() {
   local name=$1
   shift
   LAST_STATUS=0
-  # No "examples" phase: building examples for the coupon bodies trips a
-  # Hypothesis error inside schemathesis (a KeyError in its lambda cache,
-  # the same every run); the coverage and fuzzing phases generate from the
-  # same schemas.
+  # Every phase schemathesis has: examples (the spec's own examples),
+  # coverage (boundary and negative values from the schemas' limits),
+  # fuzzing and stateful (links between operations).
   "$VENV/bin/schemathesis" run "http://127.0.0.1:$PORT/openapi.json" \
-    --phases "${PHASES:-coverage,fuzzing,stateful}" \
+    --phases "${PHASES:-examples,coverage,fuzzing,stateful}" \
     --checks not_a_server_error,response_schema_conformance \
     "$(max_examples_flag)" "$EXAMPLES" \
     --request-timeout 10 --workers 2 \

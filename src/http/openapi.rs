@@ -174,11 +174,40 @@ mod tests {
         }
     }
 
+    /// The limits the spec states, against the constants the server's
+    /// validators use (the integration test feeds the boundaries to a server).
     #[test]
-    fn dump_spec() {
-        if let Ok(path) = std::env::var("DUMP_SPEC") {
-            std::fs::write(path, serde_json::to_string_pretty(&spec()).unwrap_or_default()).ok();
+    fn the_spec_states_the_servers_constants() {
+        use crate::auth::routes::{Username, PASSWORD_MAX_CHARS, PASSWORD_MIN_CHARS};
+        use crate::codes::admin::{MAX_AMOUNT, MAX_BULK, MAX_LIMIT};
+        use crate::codes::CodeName;
+        use crate::coupons::rules::{MAX_LIST_LEN, MAX_STR_LEN};
+        let spec = spec();
+        let s = "/components/schemas";
+        let expected: &[(String, i64)] = &[
+            (format!("{s}/CodeName/maxLength"), CodeName::MAX_LEN as i64),
+            (format!("{s}/CreateCode/properties/amount/maximum"), MAX_AMOUNT),
+            (format!("{s}/CreateCode/properties/limit/maximum"), MAX_LIMIT),
+            (format!("{s}/ChangeCode/properties/limit/maximum"), MAX_LIMIT),
+            (format!("{s}/BulkTemplate/properties/amount/maximum"), MAX_AMOUNT),
+            (format!("{s}/BulkCodes/allOf/1/properties/count/maximum"), MAX_BULK),
+            (format!("{s}/CreditRequest/properties/amount/maximum"), crate::wallet::service::MAX_AMOUNT),
+            (format!("{s}/DebitRequest/properties/amount/maximum"), crate::wallet::service::MAX_AMOUNT),
+            (format!("{s}/RegisterRequest/properties/username/minLength"), Username::MIN_LEN as i64),
+            (format!("{s}/RegisterRequest/properties/username/maxLength"), Username::MAX_LEN as i64),
+            (format!("{s}/RegisterRequest/properties/password/minLength"), PASSWORD_MIN_CHARS as i64),
+            (format!("{s}/RegisterRequest/properties/password/maxLength"), PASSWORD_MAX_CHARS as i64),
+            (format!("{s}/RuleString/maxLength"), MAX_STR_LEN as i64),
+            (format!("{s}/Rules/properties/skus/maxItems"), MAX_LIST_LEN as i64),
+            (format!("{s}/Rules/properties/users/maxItems"), MAX_LIST_LEN as i64),
+            (format!("{s}/Rules/properties/days_of_week/maxItems"), MAX_LIST_LEN as i64),
+        ];
+        for (pointer, want) in expected {
+            let got = spec.pointer(pointer).and_then(|v| v.as_i64().or_else(|| v.as_f64().map(|f| f as i64)));
+            assert_eq!(got, Some(*want), "{pointer}");
         }
+        let pattern = spec.pointer(&format!("{s}/CodeName/pattern")).and_then(|v| v.as_str());
+        assert_eq!(pattern, Some(CodeName::pattern(CodeName::MAX_LEN).as_str()));
     }
 
     #[test]
