@@ -200,8 +200,11 @@ pub mod responses {
     use utoipa::openapi::{ContentBuilder, Ref, RefOr};
     use utoipa::IntoResponses;
 
+    /// A header of a response: (name, description).
+    type Header = (&'static str, &'static str);
+
     /// (component name, status, description, headers) of every shared error.
-    const SHARED: &[(&str, u16, &str, &[(&str, &str)])] = &[
+    const SHARED: &[(&str, u16, &str, &[Header])] = &[
         ("MalformedJson", 400, "malformed_json: the body is not JSON (or not a JSON object where one is due)", &[]),
         (
             "Unauthorized",
@@ -240,7 +243,7 @@ pub mod responses {
         ("Internal", 500, "internal: an unexpected error (logged; details withheld)", &[]),
     ];
 
-    const RETRY_AFTER: (&str, &str) = ("Retry-After", "seconds to wait before retrying");
+    const RETRY_AFTER: Header = ("Retry-After", "seconds to wait before retrying");
 
     /// The components this module's families point at, for the spec's
     /// `components.responses`.
@@ -252,7 +255,7 @@ pub mod responses {
     }
 
     /// An error response with `description`, the `ErrorBody` schema and `headers`.
-    pub fn error_response(description: &str, headers: &[(&str, &str)]) -> RefOr<Response> {
+    pub fn error_response(description: &str, headers: &[Header]) -> RefOr<Response> {
         let mut response = ResponseBuilder::new().description(description).content(
             "application/json",
             ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build(),
