@@ -21,9 +21,12 @@ from redeem_gateway_client.api.wallet import balance, transactions
 from redeem_gateway_client.models import (
     BalanceRequest,
     CodeKind,
+    CouponKind,
     CouponRequest,
     CouponReward,
-    CreateCode,
+    CreateCouponCode,
+    CreateCreditCode,
+    CreditKind,
     ErrorBody,
     LoginRequest,
     Order,
@@ -34,8 +37,8 @@ from redeem_gateway_client.models import (
     Rules,
     UseCodeRequest,
 )
-from redeem_gateway_client.models.discount_kind_type_0 import DiscountKindType0
-from redeem_gateway_client.models.discount_kind_type_0_type import DiscountKindType0Type
+from redeem_gateway_client.models.percent_discount import PercentDiscount
+from redeem_gateway_client.models.percent_discount_type import PercentDiscountType
 
 BASE = os.environ["BASE_URL"]
 STEPS = 0
@@ -87,7 +90,7 @@ def main():
     credit_name = f"CC{run}"
     credit = ok(
         create_route.sync_detailed(
-            client=admin, body=CreateCode(code=credit_name, kind=CodeKind.CREDIT, amount=250_000, limit=10)
+            client=admin, body=CreateCreditCode(code=credit_name, kind=CreditKind.CREDIT, amount=250_000, limit=10)
         ),
         201,
         "create a credit code",
@@ -97,13 +100,11 @@ def main():
     coupon = ok(
         create_route.sync_detailed(
             client=admin,
-            body=CreateCode(
+            body=CreateCouponCode(
                 code=coupon_name,
-                kind=CodeKind.COUPON,
+                kind=CouponKind.COUPON,
                 limit=5,
-                reward=CouponReward(
-                    kind=DiscountKindType0(percent=10, type_=DiscountKindType0Type.PERCENT), max_discount=30_000
-                ),
+                reward=CouponReward(kind=PercentDiscount(percent=10, type_=PercentDiscountType.PERCENT), max_discount=30_000),
                 rules=Rules(categories=["shoes"]),
             ),
         ),

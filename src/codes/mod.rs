@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod cache;
+pub mod contract;
 pub mod live;
 pub mod model;
 pub mod report;

@@ -64,6 +64,64 @@ impl utoipa::ToSchema for CodeNameSchema {
     }
 }
 
+/// The spec's schema of an instant the API takes: RFC 3339 with a time
+/// zone offset, as chrono reads it (`format: date-time` alone is only an
+/// annotation in JSON Schema 2020-12, so the pattern says what is refused).
+pub struct TimestampSchema;
+
+impl TimestampSchema {
+    pub const PATTERN: &'static str = "^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,9})?(Z|[+-](0[0-9]|1[0-4]):[0-5][0-9])$";
+}
+
+impl utoipa::PartialSchema for TimestampSchema {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)))
+            .pattern(Some(Self::PATTERN))
+            .description(Some(
+                "RFC 3339 with an offset, e.g. 2026-03-20T00:00:00+03:30. (The pattern admits days 01-28 \
+                 only so that every value it admits is a real date; later days are accepted too.)",
+            ))
+            .examples(["2026-03-20T00:00:00+03:30"])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for TimestampSchema {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "Timestamp".into()
+    }
+}
+
+/// The spec's schema of a code's time zone: the shape of an IANA name.
+/// Which names exist is the server's tz database's word (chrono-tz), not
+/// the spec's: listed as an enum, its aliases (`GMT0`, `GMT+0`, `GMT-0`)
+/// collide in generated clients, and the list changes with tzdb releases.
+/// An unknown name is 422 `invalid_input`.
+pub struct TimeZoneSchema;
+
+impl utoipa::PartialSchema for TimeZoneSchema {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1))
+            .max_length(Some(64))
+            .pattern(Some("^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*$"))
+            .description(Some("An IANA time zone name the server knows, e.g. Asia/Tehran."))
+            .examples(["Asia/Tehran"])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for TimeZoneSchema {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "TimeZone".into()
+    }
+}
+
 impl std::fmt::Display for CodeName {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
@@ -149,18 +207,10 @@ pub struct VoucherReward {
 #[serde(deny_unknown_fields)]
 pub struct NoReward {}
 
-/// What a code hands out, by its `kind`: a `VoucherReward` for a voucher
-/// campaign, a `CouponReward` for a coupon. The code's `kind` says which
-/// (the two shapes never overlap: each refuses the other's fields). Credit
-/// codes take none: their `amount` is the reward.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(untagged)]
-pub enum Reward {
-    Voucher(VoucherReward),
-    Coupon(crate::coupons::CouponReward),
-}
-
-/// A code's stored reward, as the API shows it: `{}` for credit codes.
+/// A code's stored reward, as the API shows it, by the code's `kind`:
+/// `{}` for a credit code (its `amount` is the reward), a `VoucherReward`
+/// for a voucher campaign, a `CouponReward` for a coupon. The shapes never
+/// overlap (each refuses the others' fields).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum CodeReward {

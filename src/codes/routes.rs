@@ -59,7 +59,7 @@ pub async fn find(state: &AppState, raw: &str) -> Result<Code, ApiError> {
 
 /// Create a credit code (and load it into the gate).
 #[utoipa::path(post, path = "/admin/codes", tag = "admin", security(("bearer" = [])),
-    request_body = CreateCode, responses(
+    request_body = super::contract::CreateCodeRequest, responses(
         (status = 201, description = "the code, created and loaded into the gate", body = Code),
         AdminBodyErrors,
         (status = 409, description = "code_exists", body = ErrorBody)))]
@@ -210,7 +210,7 @@ pub async fn end_route(
 
 /// Generate K unique single-use codes for one campaign; answers a CSV file.
 #[utoipa::path(post, path = "/admin/codes/bulk", tag = "admin", security(("bearer" = [])),
-    request_body = BulkCodes, responses(
+    request_body = super::contract::BulkCodesRequest, responses(
         (status = 201, description = "CSV: a `code` header, then one code per line", content_type = "text/csv", body = String),
         AdminBodyErrors,
         (status = 409, description = "code_exists (a generated name clashed; retry)", body = ErrorBody)))]

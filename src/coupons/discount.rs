@@ -24,11 +24,13 @@ use super::rules::{evaluate, Context, Reason, Rules};
 #[serde(rename_all = "snake_case", tag = "type", deny_unknown_fields)]
 pub enum DiscountKind {
     /// `percent` of the eligible subtotal, 1..=100, rounded down.
+    #[schema(title = "PercentDiscount")]
     Percent {
         #[schema(minimum = 1, maximum = 100)]
         percent: u32,
     },
     /// A fixed amount in Toman, at most the eligible subtotal.
+    #[schema(title = "FixedDiscount")]
     Fixed {
         #[schema(minimum = 1)]
         amount: i64,

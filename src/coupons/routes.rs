@@ -77,7 +77,7 @@ pub async fn quote_route(
 /// replays refusals, and refuses the key with another body (422
 /// `idempotency_key_reused`).
 #[utoipa::path(post, path = "/coupons/redeem", tag = "coupons", security(("service" = ["coupons:redeem"])),
-    params(("Idempotency-Key" = Option<String>, Header,
+    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[\\x21-\\x7E]{1,255}$",
         description = "1-255 visible ASCII characters (e.g. a UUID); kept 24 h per user")),
     request_body = RedeemRequest, responses(
         (status = 200, description = "the use, recorded (or replayed: `replayed: true`)", body = CouponUse,

@@ -38,7 +38,7 @@ pub struct UseCodeRequest {
 /// answers the outcome: 200 if the credit committed — also when the first
 /// answer was a 503 — else the same refusal.
 #[utoipa::path(post, path = "/codes/use", tag = "codes", security(("bearer" = [])),
-    params(("Idempotency-Key" = Option<String>, Header,
+    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[\\x21-\\x7E]{1,255}$",
         description = "1-255 visible ASCII characters (e.g. a UUID); kept 24 h per user")),
     request_body = UseCodeRequest, responses(
         (status = 200, description = "credited: the code's amount and the balance now", body = service::Redeemed,

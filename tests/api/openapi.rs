@@ -150,7 +150,7 @@ async fn the_limits_the_spec_states_are_the_limits_the_server_enforces() {
     assert!(!accepted(&app, "/admin/codes", credit("A B", 1, 1), admin).await, "a space breaks the pattern");
 
     // Amount and limit ranges.
-    let create = format!("{schemas}/CreateCode/properties");
+    let create = format!("{schemas}/CreateCreditCode/properties");
     let (lo, hi) =
         (bound(&spec, &format!("{create}/amount/minimum")), bound(&spec, &format!("{create}/amount/maximum")));
     assert!(accepted(&app, "/admin/codes", credit(&name(), lo, 1), admin).await);
@@ -163,7 +163,7 @@ async fn the_limits_the_spec_states_are_the_limits_the_server_enforces() {
     assert!(!accepted(&app, "/admin/codes", credit(&name(), 1, hi + 1), admin).await);
 
     // A coupon: per-user limit, percent, and the rules' list entries.
-    let per_user = bound(&spec, &format!("{create}/per_user_limit/maximum"));
+    let per_user = bound(&spec, &format!("{schemas}/CreateCouponCode/properties/per_user_limit/maximum"));
     let percent_max = bound(&spec, &format!("{schemas}/DiscountKind/oneOf/0/properties/percent/maximum"));
     let rule_len = bound(&spec, &format!("{schemas}/RuleString/maxLength")) as usize;
     let coupon = |code: String, per_user: i64, percent: i64, sku: String| {
