@@ -103,9 +103,20 @@ run_pass() {
   local line
   line=$(parse_pass "$OUT/$name" "$LAST_STATUS")
   read -r _ _ failures errors server_errors _ <<<"$line"
+  # Hypothesis's own bug in describing lambdas (a KeyError in its
+  # lambda-source cache, or CPython 3.11's AST recursion check) comes back
+  # on every retry of the same pass: known by its traceback, it goes
+  # straight to the run without the phases that trip it.
+  if [ "$failures" = 0 ] && [ "$server_errors" = 0 ] && [ "$errors" != 0 ] \
+    && grep -q -E "lambda_sources.py|AST constructor recursion depth" "$OUT/$name.log"; then
+    log "pass '$name': Hypothesis's lambda-description bug (not a finding); running fuzzing and stateful phases only"
+    PHASES=fuzzing,stateful retry_pass "$name" first "$@"
+    line=$(parse_pass "$OUT/$name" "$LAST_STATUS")
+    read -r _ _ failures errors server_errors _ <<<"$line"
+  fi
   if [ "$failures" = 0 ] && [ "$server_errors" = 0 ] && [ "$errors" != 0 ]; then
     log "pass '$name': schemathesis raised $errors runtime error(s) of its own; running the pass again"
-    retry_pass "$name" first "$@"
+    retry_pass "$name" again "$@"
     line=$(parse_pass "$OUT/$name" "$LAST_STATUS")
     read -r _ _ failures errors server_errors _ <<<"$line"
     # Seen twice in a row in the coverage phase: CPython 3.11's "AST
