@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 SERVICES := scripts/services.sh
 
-.PHONY: run test test-e2e services-up services-down services-status migrate create-code token reconcile build lint fmt clean-data fuzz fuzz-smoke audit bench bench-smoke soak sim-ci
+.PHONY: run test test-e2e client-check services-up services-down services-status migrate create-code token reconcile build lint fmt clean-data fuzz fuzz-smoke audit bench bench-smoke soak sim-ci
 
 ## .env from .env.example, with the local database password and a random JWT secret.
 .env:
@@ -92,6 +92,11 @@ fuzz: services-up
 ## The same, with a small budget (CI).
 fuzz-smoke: services-up
 	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-20} scripts/fuzz.sh
+
+## The contract as a client sees it: validates the served /openapi.json (openapi-spec-validator),
+## generates a Python client from it (openapi-python-client) and runs a scenario through it.
+client-check: services-up
+	scripts/client-check.sh
 
 ## Supply chain: licences, banned and duplicate crates, sources (deny.toml).
 ## cargo-deny reads the sources of every crate in Cargo.lock, for every target platform, and a

@@ -103,9 +103,20 @@ run_pass() {
   local line
   line=$(parse_pass "$OUT/$name" "$LAST_STATUS")
   read -r _ _ failures errors server_errors _ <<<"$line"
+  # Hypothesis's own bug in describing lambdas (a KeyError in its
+  # lambda-source cache, or CPython 3.11's AST recursion check) comes back
+  # on every retry of the same pass: known by its traceback, it goes
+  # straight to the run without the phases that trip it.
+  if [ "$failures" = 0 ] && [ "$server_errors" = 0 ] && [ "$errors" != 0 ] \
+    && grep -q -E "lambda_sources.py|AST constructor recursion depth" "$OUT/$name.log"; then
+    log "pass '$name': Hypothesis's lambda-description bug (not a finding); running fuzzing and stateful phases only"
+    PHASES=fuzzing,stateful retry_pass "$name" first "$@"
+    line=$(parse_pass "$OUT/$name" "$LAST_STATUS")
+    read -r _ _ failures errors server_errors _ <<<"$line"
+  fi
   if [ "$failures" = 0 ] && [ "$server_errors" = 0 ] && [ "$errors" != 0 ]; then
     log "pass '$name': schemathesis raised $errors runtime error(s) of its own; running the pass again"
-    retry_pass "$name" first "$@"
+    retry_pass "$name" again "$@"
     line=$(parse_pass "$OUT/$name" "$LAST_STATUS")
     read -r _ _ failures errors server_errors _ <<<"$line"
     # Seen twice in a row in the coverage phase: CPython 3.11's "AST
@@ -138,12 +149,11 @@ schemathesis_run() {
   local name=$1
   shift
   LAST_STATUS=0
-  # No "examples" phase: building examples for the coupon bodies trips a
-  # Hypothesis error inside schemathesis (a KeyError in its lambda cache,
-  # the same every run); the coverage and fuzzing phases generate from the
-  # same schemas.
-  "$VENV/bin/schemathesis" run "http://127.0.0.1:$PORT/openapi.json" \
-    --phases "${PHASES:-coverage,fuzzing,stateful}" \
+  # Every phase schemathesis has: examples (the spec's own examples),
+  # coverage (boundary and negative values from the schemas' limits),
+  # fuzzing and stateful (links between operations).
+  "$VENV/bin/schemathesis" run "$OUT/openapi-fuzz.json" --url "http://127.0.0.1:$PORT" \
+    --phases "${PHASES:-examples,coverage,fuzzing,stateful}" \
     --checks not_a_server_error,response_schema_conformance \
     "$(max_examples_flag)" "$EXAMPLES" \
     --request-timeout 10 --workers 2 \
@@ -188,6 +198,28 @@ summarize() {
   fi
 }
 
+# The fuzzer's copy of the served spec, changed in one place: a bulk request
+# asks for at most BULK_CAP codes instead of 100,000. The schemas state the
+# server's real limit, and with typed bodies most generated bulk requests
+# now pass; 100,000 codes take a debug build longer than the request timeout
+# (and each one blocks a worker meanwhile), so at the real bound the run
+# would time out instead of fuzzing.
+fuzz_spec() {
+  curl -fsS "http://127.0.0.1:$PORT/openapi.json" -o "$OUT/openapi.json" || die "GET /openapi.json"
+  python3 - "$OUT/openapi.json" "$OUT/openapi-fuzz.json" "${BULK_CAP:-100}" <<'PY'
+import json, sys
+spec = json.load(open(sys.argv[1]))
+capped = 0
+for name, schema in spec["components"]["schemas"].items():
+    if name.startswith("Bulk") and "count" in schema.get("properties", {}):
+        schema["properties"]["count"]["maximum"] = int(sys.argv[3])
+        capped += 1
+if capped == 0:
+    sys.exit("no bulk request schema with a count: update scripts/fuzz.sh")
+json.dump(spec, open(sys.argv[2], "w"))
+PY
+}
+
 main() {
   mkdir -p "$OUT"
   ensure_schemathesis
@@ -199,6 +231,7 @@ main() {
   cargo build --quiet --bin redeem-gateway
   start_gateway
   log "gateway on port $PORT (log: $OUT/gateway.log)"
+  fuzz_spec
 
   run_pass anon
   # The admin's live report is a never-ending event stream: a 200 would only

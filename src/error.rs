@@ -165,23 +165,146 @@ pub const RETRY_AFTER_SECONDS: u32 = 1;
 /// A stream slot frees when another stream ends: not within a second.
 pub const STREAM_RETRY_AFTER_SECONDS: u32 = 10;
 
-/// Every error answer: `{"error":{"code","message"}}`.
+/// Every error answer: `{"error":{"code","message"}}`. The one error schema
+/// of the spec (`ErrorBody`); every documented error response points at it.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ErrorBody<'a> {
     pub error: ErrorDetail<'a>,
-    /// Only on `already_redeemed` from `POST /codes/use`: the caller's redemption.
+    /// Only on `already_redeemed` from `POST /codes/use`, once the caller's
+    /// redemption is committed: that redemption.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<crate::redemption::commit::PastRedemption>)]
     pub redemption: Option<&'a serde_json::Value>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail<'a> {
     /// Stable snake_case code to switch on, e.g. `sold_out`.
-    #[schema(example = "sold_out")]
+    #[schema(example = "sold_out", pattern = "^[a-z][a-z0-9_]*$")]
     pub code: &'a str,
     /// Human-readable explanation.
     pub message: String,
+}
+
+/// The error responses routes share, as reusable components
+/// (`#/components/responses/...`), and the families of them a route takes
+/// with one word in its `responses(...)`: a route names its family, then
+/// only the errors of its own (a route's own row for a status replaces the
+/// family's). The text of each error lives here, once.
+pub mod responses {
+    use std::collections::BTreeMap;
+
+    use utoipa::openapi::header::HeaderBuilder;
+    use utoipa::openapi::response::{Response, ResponseBuilder};
+    use utoipa::openapi::schema::{Object, Type};
+    use utoipa::openapi::{ContentBuilder, Ref, RefOr};
+    use utoipa::IntoResponses;
+
+    /// A header of a response: (name, description).
+    type Header = (&'static str, &'static str);
+
+    /// (component name, status, description, headers) of every shared error.
+    const SHARED: &[(&str, u16, &str, &[Header])] = &[
+        ("MalformedJson", 400, "malformed_json: the body is not JSON (or not a JSON object where one is due)", &[]),
+        (
+            "Unauthorized",
+            401,
+            "unauthorized / token_expired: no token, a malformed or wrongly signed one, or an expired one",
+            &[("WWW-Authenticate", "`Bearer`")],
+        ),
+        ("ForbiddenUser", 403, "forbidden: a token of another caller kind (a service token on a user's route)", &[]),
+        ("ForbiddenAdmin", 403, "forbidden: not an admin token", &[]),
+        (
+            "ForbiddenService",
+            403,
+            "forbidden: not a service token; missing_scope: a service token without the operation's scope",
+            &[],
+        ),
+        (
+            "RequestTimeout",
+            408,
+            "request_timeout: the body did not arrive within BODY_READ_TIMEOUT_MS (the connection is closed)",
+            &[],
+        ),
+        ("PayloadTooLarge", 413, "payload_too_large: the body is over BODY_LIMIT_BYTES (after inflation)", &[]),
+        (
+            "InvalidInput",
+            422,
+            "invalid_input: a field is missing, of the wrong type, or outside the limits the schema states",
+            &[],
+        ),
+        ("RateLimited", 429, "rate_limited: a rate limit refused the request; nothing was done", &[RETRY_AFTER]),
+        (
+            "TryAgain",
+            503,
+            "try_again: a dependency is unavailable, or a queue is full; nothing was taken, retry after Retry-After",
+            &[RETRY_AFTER],
+        ),
+        ("Internal", 500, "internal: an unexpected error (logged; details withheld)", &[]),
+    ];
+
+    const RETRY_AFTER: Header = ("Retry-After", "seconds to wait before retrying");
+
+    /// The components this module's families point at, for the spec's
+    /// `components.responses`.
+    pub fn components() -> Vec<(String, RefOr<Response>)> {
+        SHARED
+            .iter()
+            .map(|&(name, _, description, headers)| (name.to_string(), error_response(description, headers)))
+            .collect()
+    }
+
+    /// An error response with `description`, the `ErrorBody` schema and `headers`.
+    pub fn error_response(description: &str, headers: &[Header]) -> RefOr<Response> {
+        let mut response = ResponseBuilder::new().description(description).content(
+            "application/json",
+            ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build(),
+        );
+        for &(name, about) in headers {
+            let schema =
+                if name == "Retry-After" { Object::with_type(Type::Integer) } else { Object::with_type(Type::String) };
+            response =
+                response.header(name, HeaderBuilder::new().schema(Some(schema)).description(Some(about)).build());
+        }
+        RefOr::T(response.build())
+    }
+
+    fn family(names: &[&str]) -> BTreeMap<String, RefOr<Response>> {
+        names
+            .iter()
+            .filter_map(|name| SHARED.iter().find(|s| s.0 == *name))
+            .map(|&(name, status, _, _)| (status.to_string(), RefOr::Ref(Ref::from_response_name(name))))
+            .collect()
+    }
+
+    macro_rules! families {
+        ($($(#[$doc:meta])* $ty:ident => [$($name:literal),* $(,)?];)*) => {$(
+            $(#[$doc])*
+            pub struct $ty;
+            impl IntoResponses for $ty {
+                fn responses() -> BTreeMap<String, RefOr<Response>> {
+                    family(&[$($name),*])
+                }
+            }
+        )*};
+    }
+
+    families! {
+        /// Anyone, with a JSON body (register, login, campaign login).
+        PublicBodyErrors => ["MalformedJson", "RequestTimeout", "PayloadTooLarge", "InvalidInput", "RateLimited", "TryAgain", "Internal"];
+        /// A user's token, no body (or a query string).
+        UserErrors => ["Unauthorized", "ForbiddenUser", "InvalidInput", "TryAgain", "Internal"];
+        /// A user's token and a JSON body.
+        UserBodyErrors => ["MalformedJson", "Unauthorized", "ForbiddenUser", "RequestTimeout", "PayloadTooLarge", "InvalidInput", "RateLimited", "TryAgain", "Internal"];
+        /// An admin token, no body (or a path/query).
+        AdminErrors => ["Unauthorized", "ForbiddenAdmin", "InvalidInput", "TryAgain", "Internal"];
+        /// An admin token and a JSON body.
+        AdminBodyErrors => ["MalformedJson", "Unauthorized", "ForbiddenAdmin", "RequestTimeout", "PayloadTooLarge", "InvalidInput", "TryAgain", "Internal"];
+        /// A service token, no body.
+        ServiceErrors => ["Unauthorized", "ForbiddenService", "InvalidInput", "TryAgain", "Internal"];
+        /// A service token and a JSON body.
+        ServiceBodyErrors => ["MalformedJson", "Unauthorized", "ForbiddenService", "RequestTimeout", "PayloadTooLarge", "InvalidInput", "TryAgain", "Internal"];
+    }
 }
 
 impl ResponseError for ApiError {

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::{password, store, AdminUser, Role};
+use crate::error::responses::{AdminErrors, PublicBodyErrors};
 use crate::error::ApiError;
 use crate::error::ErrorBody;
 use crate::http::{route, Json};
@@ -25,9 +26,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 pub struct Username(String);
 
 impl Username {
+    /// Length bounds, stated in `RegisterRequest`'s schema too (a test holds them equal).
+    pub const MIN_LEN: usize = 3;
+    pub const MAX_LEN: usize = 32;
+
     pub fn parse(raw: &str) -> Result<Self, ApiError> {
         let name = raw.trim().to_ascii_lowercase();
-        let ok_len = (3..=32).contains(&name.len());
+        let ok_len = (Self::MIN_LEN..=Self::MAX_LEN).contains(&name.len());
         let ok_chars = name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
         if ok_len && ok_chars {
             Ok(Username(name))
@@ -43,9 +48,12 @@ impl Username {
 
 /// Password rules: 8 to 128 characters. Long passphrases are welcome; the
 /// upper bound keeps a hashing request cheap to refuse.
+pub const PASSWORD_MIN_CHARS: usize = 8;
+pub const PASSWORD_MAX_CHARS: usize = 128;
+
 fn check_password(password: &str) -> Result<(), ApiError> {
     let n = password.chars().count();
-    if (8..=128).contains(&n) {
+    if (PASSWORD_MIN_CHARS..=PASSWORD_MAX_CHARS).contains(&n) {
         Ok(())
     } else {
         Err(ApiError::InvalidInput("password must be 8-128 characters".into()))
@@ -63,14 +71,14 @@ fn check_phone(phone: &str) -> Result<(), ApiError> {
 
 #[derive(Deserialize, ToSchema)]
 pub struct RegisterRequest {
-    /// 3-32 characters of `a-z 0-9 _ . -` (case-insensitive).
-    #[schema(example = "sara")]
+    /// 3-32 characters of `a-z 0-9 _ . -` (case-insensitive: stored lower-case).
+    #[schema(example = "sara", min_length = 3, max_length = 32, pattern = "^[A-Za-z0-9_.-]{3,32}$")]
     username: String,
     /// 8-128 characters.
-    #[schema(example = "a-long-password")]
+    #[schema(example = "a-long-password", min_length = 8, max_length = 128)]
     password: String,
     /// 5-19 digits, optionally after `+`.
-    #[schema(example = "+989121234567")]
+    #[schema(example = "+989121234567", pattern = r"^\+?[0-9]{5,19}$")]
     phone: Option<String>,
 }
 
@@ -82,12 +90,9 @@ pub struct RegisterResponse {
 
 /// Create an account.
 #[utoipa::path(post, path = "/auth/register", tag = "auth", request_body = RegisterRequest, responses(
-    (status = 201, body = RegisterResponse),
+    (status = 201, description = "the account", body = RegisterResponse),
+    PublicBodyErrors,
     (status = 409, description = "username_taken", body = ErrorBody),
-    (status = 400, description = "malformed_json", body = ErrorBody),
-    (status = 422, description = "invalid_input", body = ErrorBody),
-    (status = 413, description = "payload_too_large", body = ErrorBody),
-    (status = 429, description = "rate_limited (see Retry-After)", body = ErrorBody),
     (status = 503, description = "try_again: the password-hash queue is full (see Retry-After)", body = ErrorBody)))]
 pub async fn register(
     state: web::Data<AppState>,
@@ -119,7 +124,11 @@ pub async fn register(
 
 #[derive(Deserialize, ToSchema)]
 pub struct LoginRequest {
+    /// Any string: a name that breaks the registration rules cannot exist,
+    /// so it gets 401 `invalid_credentials` like a wrong password.
+    #[schema(example = "sara")]
     username: String,
+    #[schema(example = "a-long-password")]
     password: String,
 }
 
@@ -176,11 +185,9 @@ pub fn issue_login(state: &AppState, user_id: i64) -> Result<LoginResponse, ApiE
 
 /// Exchange a username and password for a bearer token.
 #[utoipa::path(post, path = "/auth/login", tag = "auth", request_body = LoginRequest, responses(
-    (status = 200, body = LoginResponse),
+    (status = 200, description = "a user token", body = LoginResponse),
+    PublicBodyErrors,
     (status = 401, description = "invalid_credentials", body = ErrorBody),
-    (status = 400, description = "malformed_json", body = ErrorBody),
-    (status = 422, description = "invalid_input", body = ErrorBody),
-    (status = 429, description = "rate_limited (see Retry-After)", body = ErrorBody),
     (status = 503, description = "try_again: the password-hash queue is full (see Retry-After)", body = ErrorBody)))]
 pub async fn login(
     state: web::Data<AppState>,
@@ -217,11 +224,9 @@ async fn set_disabled(state: &AppState, user_id: i64, disabled: bool) -> Result<
 /// seconds) and they cannot log in. Their money history stays.
 #[utoipa::path(post, path = "/admin/users/{id}/disable", tag = "admin", security(("bearer" = [])),
     params(("id" = i64, Path, description = "user id")), responses(
-        (status = 200, body = UserStatus),
-        (status = 404, description = "not_found", body = ErrorBody),
-        (status = 401, description = "unauthorized / token_expired", body = ErrorBody),
-        (status = 403, description = "forbidden: admin only", body = ErrorBody),
-        (status = 422, description = "invalid_input", body = ErrorBody)))]
+        (status = 200, description = "the user's status now", body = UserStatus),
+        AdminErrors,
+        (status = 404, description = "not_found", body = ErrorBody)))]
 pub async fn disable_user(
     state: web::Data<AppState>,
     _admin: AdminUser,
@@ -233,11 +238,9 @@ pub async fn disable_user(
 /// Enable a disabled user again.
 #[utoipa::path(post, path = "/admin/users/{id}/enable", tag = "admin", security(("bearer" = [])),
     params(("id" = i64, Path, description = "user id")), responses(
-        (status = 200, body = UserStatus),
-        (status = 404, description = "not_found", body = ErrorBody),
-        (status = 401, description = "unauthorized / token_expired", body = ErrorBody),
-        (status = 403, description = "forbidden: admin only", body = ErrorBody),
-        (status = 422, description = "invalid_input", body = ErrorBody)))]
+        (status = 200, description = "the user's status now", body = UserStatus),
+        AdminErrors,
+        (status = 404, description = "not_found", body = ErrorBody)))]
 pub async fn enable_user(
     state: web::Data<AppState>,
     _admin: AdminUser,

@@ -9,7 +9,7 @@ use rand::Rng;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use super::model::{Code, CodeKind, CodeName, CodeStatus, VoucherReward};
+use super::model::{Code, CodeKind, CodeName, CodeStatus, TimestampSchema, VoucherReward};
 use super::store::{self, ChangeOutcome, CodeChange};
 use crate::coupons::{CouponReward, Rules};
 use crate::db::StoreError;
@@ -24,31 +24,28 @@ pub const MAX_AMOUNT: i64 = 1_000_000_000_000;
 /// Most codes one bulk request generates.
 pub const MAX_BULK: i64 = 100_000;
 
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+/// What the server parses for `POST /admin/codes` (the spec shows it per
+/// kind: `codes::contract`, tested against [`validate_create`]).
+#[derive(Debug, Clone, Deserialize)]
 pub struct CreateCode {
-    #[schema(example = "SPRING")]
     pub code: String,
     /// credit (default), voucher or coupon.
     #[serde(default)]
     pub kind: Option<CodeKind>,
     /// Credit codes only: credit per redemption, integer Toman, 1 to 10^12.
-    #[schema(example = 1000000)]
     pub amount: Option<i64>,
     /// How many uses in all, 1 to 10,000,000.
-    #[schema(example = 1000)]
     pub limit: i64,
-    /// Coupons only: uses per user (default 1).
+    /// Coupons only: uses per user, 1-1000 (default 1).
     pub per_user_limit: Option<i64>,
     pub starts_at: Option<DateTime<Utc>>,
     pub ends_at: Option<DateTime<Utc>>,
     /// IANA name, e.g. Asia/Tehran (the default); day rules are judged in it.
     pub time_zone: Option<String>,
-    /// Voucher: `{percent, max_amount?, voucher_type, valid_days}`.
-    /// Coupon: `{kind: {type: percent, percent} | {type: fixed, amount}, max_discount?, min_order_amount?}`.
-    #[schema(value_type = Option<Object>)]
+    /// Vouchers and coupons only (required for them), by `kind`: a
+    /// `VoucherReward` for `voucher`, a `CouponReward` for `coupon`.
     pub reward: Option<serde_json::Value>,
     /// Coupons only: eligibility rules (all must hold).
-    #[schema(value_type = Option<Object>)]
     pub rules: Option<serde_json::Value>,
     /// Count its redemptions under its own name in the metrics (default false:
     /// they share the label `untracked`). Mark only codes whose name may be
@@ -193,18 +190,22 @@ pub async fn create_code(pg: &Pool, gate: &Gate, input: CreateCode, default_tz: 
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
 pub struct ChangeCode {
-    /// New limit: up at will; down never to or below a ticket in use.
+    /// New limit, 1 to 10,000,000: up at will; down never to or below a ticket in use.
+    #[schema(minimum = 1, maximum = 10000000)]
     pub limit: Option<i64>,
+    /// Coupons only: 1-1000.
+    #[schema(minimum = 1, maximum = 1000)]
     pub per_user_limit: Option<i64>,
     /// null clears the bound; absent leaves it.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<DateTime<Utc>>)]
+    #[schema(value_type = Option<TimestampSchema>)]
     pub starts_at: Option<Option<DateTime<Utc>>>,
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<DateTime<Utc>>)]
+    #[schema(value_type = Option<TimestampSchema>)]
     pub ends_at: Option<Option<DateTime<Utc>>>,
     pub status: Option<CodeStatus>,
-    #[schema(value_type = Option<Object>)]
+    /// Coupons only: the new rules (replace the old ones).
+    #[schema(value_type = Option<Rules>)]
     pub rules: Option<serde_json::Value>,
     /// Per-code metric series on or off (never for bulk codes).
     pub tracked: Option<bool>,
@@ -279,15 +280,13 @@ pub async fn change_code(pg: &Pool, gate: &Gate, code: &Code, change: ChangeCode
     Ok(changed)
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize)]
 pub struct BulkCodes {
     /// Prefix of every code, 1-20 characters of `A-Z 0-9 _ -`.
-    #[schema(example = "NOWRUZ")]
     pub prefix: String,
     /// How many codes, 1 to 100,000. Each is single-use (limit 1).
-    #[schema(example = 1000)]
     pub count: i64,
-    /// The campaign the codes belong to (defaults to the prefix).
+    /// The campaign the codes belong to (defaults to the prefix); 1-64 characters.
     pub batch: Option<String>,
     /// Must be absent or false: bulk codes are never tracked in the metrics.
     pub tracked: Option<bool>,
@@ -296,37 +295,29 @@ pub struct BulkCodes {
     pub template: BulkTemplate,
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize)]
 pub struct BulkTemplate {
     pub kind: Option<CodeKind>,
+    /// Credit codes only, 1 to 10^12.
     pub amount: Option<i64>,
     pub starts_at: Option<DateTime<Utc>>,
     pub ends_at: Option<DateTime<Utc>>,
     pub time_zone: Option<String>,
-    #[schema(value_type = Option<Object>)]
+    /// As for one code: by `kind`.
     pub reward: Option<serde_json::Value>,
-    #[schema(value_type = Option<Object>)]
     pub rules: Option<serde_json::Value>,
 }
 
-/// No 0/O or 1/I: codes get read aloud and typed from paper.
-const CODE_ALPHABET: &[u8] = b"23456789ABCDEFGHJKLMNPQRSTUVWXYZ";
-/// 12 symbols of 32: 60 bits, so guessing one is hopeless.
-const RANDOM_PART: usize = 12;
-
-fn random_code(prefix: &str, rng: &mut impl Rng) -> String {
-    let tail: String = (0..RANDOM_PART).map(|_| CODE_ALPHABET[rng.gen_range(0..CODE_ALPHABET.len())] as char).collect();
-    format!("{prefix}-{tail}")
+/// A bulk request that has passed every rule.
+struct ValidBulk {
+    prefix: CodeName,
+    count: i64,
+    template: CreateCode,
+    valid: ValidCode,
+    batch: String,
 }
 
-/// Generates `count` unique single-use codes (from the OS's CSPRNG), stores
-/// them in one statement and loads them into the gate. Returns their names.
-pub async fn bulk_generate(
-    pg: &Pool,
-    gate: &Gate,
-    input: BulkCodes,
-    default_tz: &str,
-) -> Result<Vec<String>, ApiError> {
+fn check_bulk(input: BulkCodes, default_tz: &str) -> Result<ValidBulk, ApiError> {
     let prefix = CodeName::parse(&input.prefix)?;
     if prefix.as_str().len() > 20 {
         return Err(invalid("prefix must be at most 20 characters"));
@@ -353,12 +344,46 @@ pub async fn bulk_generate(
     };
     let valid = validate(&template, default_tz)?;
     let batch = input.batch.unwrap_or_else(|| prefix.as_str().to_string());
-    if batch.is_empty() || batch.len() > 64 {
+    if batch.is_empty() || batch.chars().count() > 64 {
         return Err(invalid("batch must be 1-64 characters"));
     }
+    Ok(ValidBulk { prefix, count: input.count, template, valid, batch })
+}
+
+/// The server's verdict on a create request, without the database (the
+/// spec's per-kind shapes are tested against it: `codes::contract`).
+pub fn validate_create(input: &CreateCode) -> Result<(), ApiError> {
+    CodeName::parse(&input.code)?;
+    validate(input, "Asia/Tehran").map(|_| ())
+}
+
+/// The same for a bulk request.
+pub fn validate_bulk(input: BulkCodes) -> Result<(), ApiError> {
+    check_bulk(input, "Asia/Tehran").map(|_| ())
+}
+
+/// No 0/O or 1/I: codes get read aloud and typed from paper.
+const CODE_ALPHABET: &[u8] = b"23456789ABCDEFGHJKLMNPQRSTUVWXYZ";
+/// 12 symbols of 32: 60 bits, so guessing one is hopeless.
+const RANDOM_PART: usize = 12;
+
+fn random_code(prefix: &str, rng: &mut impl Rng) -> String {
+    let tail: String = (0..RANDOM_PART).map(|_| CODE_ALPHABET[rng.gen_range(0..CODE_ALPHABET.len())] as char).collect();
+    format!("{prefix}-{tail}")
+}
+
+/// Generates `count` unique single-use codes (from the OS's CSPRNG), stores
+/// them in one statement and loads them into the gate. Returns their names.
+pub async fn bulk_generate(
+    pg: &Pool,
+    gate: &Gate,
+    input: BulkCodes,
+    default_tz: &str,
+) -> Result<Vec<String>, ApiError> {
+    let ValidBulk { prefix, count, template, valid, batch } = check_bulk(input, default_tz)?;
     let mut rng = rand::rngs::OsRng;
     let mut names: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
-    while names.len() < input.count as usize {
+    while names.len() < count as usize {
         names.insert(random_code(prefix.as_str(), &mut rng));
     }
     let names: Vec<String> = names.into_iter().collect();

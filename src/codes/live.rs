@@ -20,6 +20,7 @@ use actix_web::HttpResponse;
 
 use super::{report, routes::find, Code};
 use crate::auth::AdminUser;
+use crate::error::responses::AdminErrors;
 use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
 
@@ -127,13 +128,12 @@ impl Feed {
 
 /// Live report of one code (Server-Sent Events, `event: report`).
 #[utoipa::path(get, path = "/admin/codes/{code}/events", tag = "admin", security(("bearer" = [])),
-    params(("code" = String, Path, description = "the code, case-insensitive")), responses(
+    params(("code" = crate::codes::CodeNameSchema, Path, description = "the code, case-insensitive")), responses(
         (status = 200, description = "an event stream of reports", content_type = "text/event-stream", body = String),
+        AdminErrors,
         (status = 404, description = "code_not_found", body = ErrorBody),
-        (status = 401, description = "unauthorized / token_expired", body = ErrorBody),
-        (status = 403, description = "forbidden: admin only", body = ErrorBody),
-        (status = 422, description = "invalid_input", body = ErrorBody),
-        (status = 429, description = "too_many_streams: per admin or per gateway (see Retry-After)", body = ErrorBody)))]
+        (status = 429, description = "too_many_streams: per admin or per gateway (see Retry-After)", body = ErrorBody,
+            headers(("Retry-After" = u32, description = "seconds")))))]
 pub async fn events_route(
     state: web::Data<AppState>,
     admin: AdminUser,

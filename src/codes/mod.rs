@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod cache;
+pub mod contract;
 pub mod live;
 pub mod model;
 pub mod report;
@@ -10,4 +11,4 @@ pub mod routes;
 pub mod store;
 
 pub use cache::{CachedCode, CodeCache};
-pub use model::{Code, CodeKind, CodeName, CodeStatus, NotNow, VoucherReward};
+pub use model::{Code, CodeKind, CodeName, CodeNameSchema, CodeStatus, NotNow, VoucherReward};

@@ -29,6 +29,99 @@ impl CodeName {
     }
 }
 
+/// The spec's schema of a code name, built from the same rules as
+/// [`CodeName::parse`] (so the two cannot disagree): 1-64 of `A-Z a-z 0-9 _ -`.
+/// The server also trims surrounding white space before it checks; the
+/// spec states the canonical form.
+pub struct CodeNameSchema;
+
+impl CodeName {
+    /// The characters a code may hold, as a JSON-Schema pattern class.
+    pub const CLASS: &'static str = "[A-Za-z0-9_-]";
+
+    pub fn pattern(max_len: usize) -> String {
+        format!("^{}{{1,{max_len}}}$", Self::CLASS)
+    }
+}
+
+impl utoipa::PartialSchema for CodeNameSchema {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1))
+            .max_length(Some(CodeName::MAX_LEN))
+            .pattern(Some(CodeName::pattern(CodeName::MAX_LEN)))
+            .description(Some("A code, case-insensitive (stored upper-case)."))
+            .examples(["SPRING"])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for CodeNameSchema {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "CodeName".into()
+    }
+}
+
+/// The spec's schema of an instant the API takes: RFC 3339 with a time
+/// zone offset, as chrono reads it (`format: date-time` alone is only an
+/// annotation in JSON Schema 2020-12, so the pattern says what is refused).
+pub struct TimestampSchema;
+
+impl TimestampSchema {
+    pub const PATTERN: &'static str = "^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,9})?(Z|[+-](0[0-9]|1[0-4]):[0-5][0-9])$";
+}
+
+impl utoipa::PartialSchema for TimestampSchema {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)))
+            .pattern(Some(Self::PATTERN))
+            .description(Some(
+                "RFC 3339 with an offset, e.g. 2026-03-20T00:00:00+03:30. (The pattern admits days 01-28 \
+                 only so that every value it admits is a real date; later days are accepted too.)",
+            ))
+            .examples(["2026-03-20T00:00:00+03:30"])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for TimestampSchema {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "Timestamp".into()
+    }
+}
+
+/// The spec's schema of a code's time zone: the shape of an IANA name.
+/// Which names exist is the server's tz database's word (chrono-tz), not
+/// the spec's: listed as an enum, its aliases (`GMT0`, `GMT+0`, `GMT-0`)
+/// collide in generated clients, and the list changes with tzdb releases.
+/// An unknown name is 422 `invalid_input`.
+pub struct TimeZoneSchema;
+
+impl utoipa::PartialSchema for TimeZoneSchema {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1))
+            .max_length(Some(64))
+            .pattern(Some("^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*$"))
+            .description(Some("An IANA time zone name the server knows, e.g. Asia/Tehran."))
+            .examples(["Asia/Tehran"])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for TimeZoneSchema {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "TimeZone".into()
+    }
+}
+
 impl std::fmt::Display for CodeName {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
@@ -96,13 +189,34 @@ impl CodeKind {
 #[serde(deny_unknown_fields)]
 pub struct VoucherReward {
     /// Percentage off, 1-100.
+    #[schema(minimum = 1, maximum = 100, example = 30)]
     pub percent: u32,
     /// Largest discount one use of the voucher gives, if capped.
+    #[schema(minimum = 1, example = 50000)]
     pub max_amount: Option<i64>,
-    /// What it applies to, e.g. "mobile_topup".
+    /// What it applies to, e.g. "mobile_topup"; 1-64 characters.
+    #[schema(min_length = 1, max_length = 64, example = "mobile_topup")]
     pub voucher_type: String,
     /// How long an issued voucher stays valid, 1-3650 days.
+    #[schema(minimum = 1, maximum = 3650, example = 30)]
     pub valid_days: u32,
+}
+
+/// A credit code's reward is its `amount`: its `reward` is `{}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NoReward {}
+
+/// A code's stored reward, as the API shows it, by the code's `kind`:
+/// `{}` for a credit code (its `amount` is the reward), a `VoucherReward`
+/// for a voucher campaign, a `CouponReward` for a coupon. The shapes never
+/// overlap (each refuses the others' fields).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum CodeReward {
+    Credit(NoReward),
+    Voucher(VoucherReward),
+    Coupon(crate::coupons::CouponReward),
 }
 
 impl VoucherReward {
@@ -113,7 +227,7 @@ impl VoucherReward {
         if self.max_amount.is_some_and(|m| m <= 0) {
             return Err("max_amount must be positive".into());
         }
-        if self.voucher_type.is_empty() || self.voucher_type.len() > 64 {
+        if self.voucher_type.is_empty() || self.voucher_type.chars().count() > 64 {
             return Err("voucher_type must be 1-64 characters".into());
         }
         if !(1..=3650).contains(&self.valid_days) {
@@ -139,11 +253,11 @@ pub struct Code {
     pub status: CodeStatus,
     /// IANA time zone in which day rules are judged.
     pub time_zone: String,
-    /// Voucher or coupon reward (see VoucherReward / the coupon reward); {} for credit codes.
-    #[schema(value_type = Object)]
+    /// Voucher or coupon reward, by `kind`; {} for credit codes.
+    #[schema(value_type = CodeReward)]
     pub reward: serde_json::Value,
     /// Coupon eligibility rules; {} when none.
-    #[schema(value_type = Object)]
+    #[schema(value_type = crate::coupons::Rules)]
     pub rules: serde_json::Value,
     /// The campaign a bulk-generated code belongs to.
     pub batch: Option<String>,

@@ -11,6 +11,7 @@ use super::model::{Code, CodeKind, CodeName, CodeStatus};
 use super::{report, store};
 use crate::auth::AdminUser;
 use crate::db::StoreError;
+use crate::error::responses::{AdminBodyErrors, AdminErrors};
 use crate::error::{ApiError, ErrorBody};
 use crate::http::{route, Json, Query};
 use crate::state::AppState;
@@ -31,19 +32,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 #[derive(Deserialize, ToSchema)]
 pub struct ReportRequest {
-    #[schema(example = "SPRING")]
+    #[schema(value_type = crate::codes::CodeNameSchema)]
     code: String,
 }
 
 /// The live report of one code.
 #[utoipa::path(post, path = "/codes/report", tag = "admin", security(("bearer" = [])),
     request_body = ReportRequest, responses(
-        (status = 200, body = report::Report),
-        (status = 404, description = "code_not_found", body = ErrorBody),
-        (status = 401, description = "unauthorized / token_expired", body = ErrorBody),
-        (status = 403, description = "forbidden: admin only", body = ErrorBody),
-        (status = 400, description = "malformed_json", body = ErrorBody),
-        (status = 422, description = "invalid_input", body = ErrorBody)))]
+        (status = 200, description = "the code's live report", body = report::Report),
+        AdminBodyErrors,
+        (status = 404, description = "code_not_found", body = ErrorBody)))]
 pub async fn report_route(
     state: web::Data<AppState>,
     _admin: AdminUser,
@@ -61,13 +59,10 @@ pub async fn find(state: &AppState, raw: &str) -> Result<Code, ApiError> {
 
 /// Create a credit code (and load it into the gate).
 #[utoipa::path(post, path = "/admin/codes", tag = "admin", security(("bearer" = [])),
-    request_body = CreateCode, responses(
-        (status = 201, body = Code),
-        (status = 409, description = "code_exists", body = ErrorBody),
-        (status = 401, description = "unauthorized / token_expired", body = ErrorBody),
-        (status = 403, description = "forbidden: admin only", body = ErrorBody),
-        (status = 400, description = "malformed_json", body = ErrorBody),
-        (status = 422, description = "invalid_input", body = ErrorBody)))]
+    request_body = super::contract::CreateCodeRequest, responses(
+        (status = 201, description = "the code, created and loaded into the gate", body = Code),
+        AdminBodyErrors,
+        (status = 409, description = "code_exists", body = ErrorBody)))]
 pub async fn create_route(
     state: web::Data<AppState>,
     _admin: AdminUser,
@@ -92,6 +87,7 @@ pub struct ListQuery {
     /// Only codes with this status.
     status: Option<CodeStatus>,
     /// Page size, 1-500 (default 100).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
     /// Continue after this position (`next_after` of the previous page).
     after: Option<i64>,
@@ -100,10 +96,8 @@ pub struct ListQuery {
 /// Codes, oldest first.
 #[utoipa::path(get, path = "/admin/codes", tag = "admin", security(("bearer" = [])),
     params(ListQuery), responses(
-        (status = 200, body = CodePage),
-        (status = 401, description = "unauthorized / token_expired", body = ErrorBody),
-        (status = 403, description = "forbidden: admin only", body = ErrorBody),
-        (status = 422, description = "invalid_input", body = ErrorBody)))]
+        (status = 200, description = "one page of codes, oldest first", body = CodePage),
+        AdminErrors))]
 pub async fn list_route(
     state: web::Data<AppState>,
     _admin: AdminUser,
@@ -121,12 +115,10 @@ pub async fn list_route(
 
 /// One code.
 #[utoipa::path(get, path = "/admin/codes/{code}", tag = "admin", security(("bearer" = [])),
-    params(("code" = String, Path, description = "the code, case-insensitive")), responses(
-        (status = 200, body = Code),
-        (status = 404, description = "code_not_found", body = ErrorBody),
-        (status = 401, description = "unauthorized / token_expired", body = ErrorBody),
-        (status = 403, description = "forbidden: admin only", body = ErrorBody),
-        (status = 422, description = "invalid_input", body = ErrorBody)))]
+    params(("code" = crate::codes::CodeNameSchema, Path, description = "the code, case-insensitive")), responses(
+        (status = 200, description = "the code", body = Code),
+        AdminErrors,
+        (status = 404, description = "code_not_found", body = ErrorBody)))]
 pub async fn read_route(
     state: web::Data<AppState>,
     _admin: AdminUser,
@@ -153,14 +145,12 @@ async fn change_and_answer(state: &AppState, raw: &str, change: ChangeCode) -> R
 /// Change a code: limit (up, or down to just above the highest slot in use),
 /// per-user limit, window, status, rules.
 #[utoipa::path(patch, path = "/admin/codes/{code}", tag = "admin", security(("bearer" = [])),
-    params(("code" = String, Path, description = "the code, case-insensitive")),
+    params(("code" = crate::codes::CodeNameSchema, Path, description = "the code, case-insensitive")),
     request_body = ChangeCode, responses(
-        (status = 200, body = Code),
+        (status = 200, description = "the code, changed", body = Code),
+        AdminBodyErrors,
         (status = 404, description = "code_not_found", body = ErrorBody),
-        (status = 401, description = "unauthorized / token_expired", body = ErrorBody),
-        (status = 403, description = "forbidden: admin only", body = ErrorBody),
-        (status = 400, description = "malformed_json", body = ErrorBody),
-        (status = 422, description = "invalid_input (e.g. limit below use)", body = ErrorBody)))]
+        (status = 422, description = "invalid_input (e.g. a limit below a slot in use, or a change the code's kind does not take)", body = ErrorBody)))]
 pub async fn change_route(
     state: web::Data<AppState>,
     _admin: AdminUser,
@@ -176,10 +166,10 @@ fn status_change(status: CodeStatus) -> ChangeCode {
 
 /// Pause a code: it refuses uses (422 not_eligible) until resumed.
 #[utoipa::path(post, path = "/admin/codes/{code}/pause", tag = "admin", security(("bearer" = [])),
-    params(("code" = String, Path)), responses((status = 200, body = Code),
+    params(("code" = crate::codes::CodeNameSchema, Path, description = "the code, case-insensitive")), responses(
+        (status = 200, description = "the code, with its new status", body = Code),
+        AdminErrors,
         (status = 404, description = "code_not_found", body = ErrorBody),
-        (status = 401, description = "unauthorized", body = ErrorBody),
-        (status = 403, description = "forbidden", body = ErrorBody),
         (status = 422, description = "invalid_input: an ended code stays ended", body = ErrorBody)))]
 pub async fn pause_route(
     state: web::Data<AppState>,
@@ -191,10 +181,10 @@ pub async fn pause_route(
 
 /// Resume a paused code.
 #[utoipa::path(post, path = "/admin/codes/{code}/resume", tag = "admin", security(("bearer" = [])),
-    params(("code" = String, Path)), responses((status = 200, body = Code),
+    params(("code" = crate::codes::CodeNameSchema, Path, description = "the code, case-insensitive")), responses(
+        (status = 200, description = "the code, with its new status", body = Code),
+        AdminErrors,
         (status = 404, description = "code_not_found", body = ErrorBody),
-        (status = 401, description = "unauthorized", body = ErrorBody),
-        (status = 403, description = "forbidden", body = ErrorBody),
         (status = 422, description = "invalid_input: an ended code stays ended", body = ErrorBody)))]
 pub async fn resume_route(
     state: web::Data<AppState>,
@@ -206,10 +196,10 @@ pub async fn resume_route(
 
 /// End a code for good.
 #[utoipa::path(post, path = "/admin/codes/{code}/end", tag = "admin", security(("bearer" = [])),
-    params(("code" = String, Path)), responses((status = 200, body = Code),
-        (status = 404, description = "code_not_found", body = ErrorBody),
-        (status = 401, description = "unauthorized", body = ErrorBody),
-        (status = 403, description = "forbidden", body = ErrorBody)))]
+    params(("code" = crate::codes::CodeNameSchema, Path, description = "the code, case-insensitive")), responses(
+        (status = 200, description = "the code, with its new status", body = Code),
+        AdminErrors,
+        (status = 404, description = "code_not_found", body = ErrorBody)))]
 pub async fn end_route(
     state: web::Data<AppState>,
     _admin: AdminUser,
@@ -220,13 +210,10 @@ pub async fn end_route(
 
 /// Generate K unique single-use codes for one campaign; answers a CSV file.
 #[utoipa::path(post, path = "/admin/codes/bulk", tag = "admin", security(("bearer" = [])),
-    request_body = BulkCodes, responses(
+    request_body = super::contract::BulkCodesRequest, responses(
         (status = 201, description = "CSV: a `code` header, then one code per line", content_type = "text/csv", body = String),
-        (status = 409, description = "code_exists (a generated name clashed; retry)", body = ErrorBody),
-        (status = 401, description = "unauthorized", body = ErrorBody),
-        (status = 403, description = "forbidden", body = ErrorBody),
-        (status = 400, description = "malformed_json", body = ErrorBody),
-        (status = 422, description = "invalid_input", body = ErrorBody)))]
+        AdminBodyErrors,
+        (status = 409, description = "code_exists (a generated name clashed; retry)", body = ErrorBody)))]
 pub async fn bulk_route(
     state: web::Data<AppState>,
     _admin: AdminUser,

@@ -20,28 +20,38 @@ use super::rules::{evaluate, Context, Reason, Rules};
 
 /// What kind of discount a coupon gives. Serialized with a `type` tag:
 /// `{"type": "percent", "percent": 10}` or `{"type": "fixed", "amount": 50000}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case", tag = "type", deny_unknown_fields)]
 pub enum DiscountKind {
     /// `percent` of the eligible subtotal, 1..=100, rounded down.
-    Percent { percent: u32 },
+    #[schema(title = "PercentDiscount")]
+    Percent {
+        #[schema(minimum = 1, maximum = 100)]
+        percent: u32,
+    },
     /// A fixed amount in Toman, at most the eligible subtotal.
-    Fixed { amount: i64 },
+    #[schema(title = "FixedDiscount")]
+    Fixed {
+        #[schema(minimum = 1)]
+        amount: i64,
+    },
 }
 
 /// A checkout coupon's reward: the kind of discount, an optional cap on it,
 /// and an optional minimum on the whole order's total.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub struct CouponReward {
     pub kind: DiscountKind,
     /// The most the discount may be, in Toman (meant for percent coupons;
     /// it caps a fixed one too).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
     pub max_discount: Option<i64>,
     /// The order total (all lines, not only eligible ones) must be at least
     /// this; equal passes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
     pub min_order_amount: Option<i64>,
 }
 

@@ -16,6 +16,7 @@ use super::store::CouponUse;
 use super::Order;
 use crate::auth::{scope, AuthUser, ServiceCaller};
 use crate::codes::CodeName;
+use crate::error::responses::{ServiceBodyErrors, ServiceErrors, UserBodyErrors};
 use crate::error::{ApiError, ErrorBody};
 use crate::http::{route, Json};
 use crate::idempotency::{self, IdempotencyKey};
@@ -31,7 +32,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 #[derive(Deserialize, ToSchema)]
 pub struct CouponRequest {
-    #[schema(example = "WEEKEND10")]
+    #[schema(value_type = crate::codes::CodeNameSchema)]
     code: String,
     order: Order,
 }
@@ -40,7 +41,7 @@ pub struct CouponRequest {
 /// the checkout priced it.
 #[derive(Deserialize, ToSchema)]
 pub struct RedeemRequest {
-    #[schema(example = "WEEKEND10")]
+    #[schema(value_type = crate::codes::CodeNameSchema)]
     code: String,
     /// The user who places the order.
     #[schema(example = 42, minimum = 1)]
@@ -52,13 +53,9 @@ pub struct RedeemRequest {
 /// Consumes nothing.
 #[utoipa::path(post, path = "/coupons/quote", tag = "coupons", security(("bearer" = [])),
     request_body = CouponRequest, responses(
-        (status = 200, body = QuoteResponse),
-        (status = 404, description = "code_not_found", body = ErrorBody),
-        (status = 401, description = "unauthorized / token_expired", body = ErrorBody),
-        (status = 403, description = "forbidden: a service token", body = ErrorBody),
-        (status = 400, description = "malformed_json", body = ErrorBody),
-        (status = 422, description = "invalid_input", body = ErrorBody),
-    (status = 429, description = "rate_limited (see Retry-After)", body = ErrorBody)))]
+        (status = 200, description = "the verdict: eligibility, every failing rule, the discount and the new total", body = QuoteResponse),
+        UserBodyErrors,
+        (status = 404, description = "code_not_found", body = ErrorBody)))]
 pub async fn quote_route(
     state: web::Data<AppState>,
     user: AuthUser,
@@ -80,21 +77,18 @@ pub async fn quote_route(
 /// replays refusals, and refuses the key with another body (422
 /// `idempotency_key_reused`).
 #[utoipa::path(post, path = "/coupons/redeem", tag = "coupons", security(("service" = ["coupons:redeem"])),
-    params(("Idempotency-Key" = Option<String>, Header,
+    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[\\x21-\\x7E]{1,255}$",
         description = "1-255 visible ASCII characters (e.g. a UUID); kept 24 h per user")),
     request_body = RedeemRequest, responses(
-        (status = 200, body = CouponUse,
+        (status = 200, description = "the use, recorded (or replayed: `replayed: true`)", body = CouponUse,
             headers(("Idempotent-Replayed" = String, description = "`true` when replayed from the key's kept answer"))),
+        ServiceBodyErrors,
+        (status = 400, description = "malformed_json / invalid_idempotency_key", body = ErrorBody),
         (status = 404, description = "code_not_found", body = ErrorBody),
         (status = 409, description = "per_user_limit: the user used it up; order_belongs_to_another_user: the order number is recorded for someone else; \
             idempotency_in_progress: a request with this key is running", body = ErrorBody),
         (status = 410, description = "sold_out", body = ErrorBody),
-        (status = 422, description = "not_eligible (the reasons are in the message) / invalid_input / user_disabled / idempotency_key_reused", body = ErrorBody),
-        (status = 503, description = "try_again", body = ErrorBody),
-        (status = 401, description = "unauthorized / token_expired", body = ErrorBody),
-        (status = 403, description = "forbidden: not a service token; missing_scope: no coupons:redeem", body = ErrorBody),
-        (status = 400, description = "malformed_json", body = ErrorBody),
-    (status = 429, description = "rate_limited (see Retry-After)", body = ErrorBody)))]
+        (status = 422, description = "not_eligible (the reasons are in the message) / invalid_input / user_disabled / idempotency_key_reused", body = ErrorBody)))]
 pub async fn redeem_route(
     state: web::Data<AppState>,
     _caller: ServiceCaller<scope::CouponsRedeem>,
@@ -139,13 +133,10 @@ async fn detached_redeem(
 /// redeemable again), exactly once.
 #[utoipa::path(post, path = "/coupons/redemptions/{id}/cancel", tag = "coupons", security(("service" = ["coupons:cancel"])),
     params(("id" = i64, Path, description = "redemption_id from /coupons/redeem")), responses(
-        (status = 200, body = CancelResponse),
-        (status = 409, description = "already_cancelled", body = ErrorBody),
+        (status = 200, description = "cancelled: the use and its slot are given back", body = CancelResponse),
+        ServiceErrors,
         (status = 404, description = "not_found", body = ErrorBody),
-        (status = 401, description = "unauthorized / token_expired", body = ErrorBody),
-        (status = 403, description = "forbidden: not a service token; missing_scope: no coupons:cancel", body = ErrorBody),
-        (status = 422, description = "invalid_input", body = ErrorBody),
-        (status = 503, description = "try_again", body = ErrorBody)))]
+        (status = 409, description = "already_cancelled", body = ErrorBody)))]
 pub async fn cancel_route(
     state: web::Data<AppState>,
     _caller: ServiceCaller<scope::CouponsCancel>,

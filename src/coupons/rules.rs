@@ -27,12 +27,53 @@ pub const MAX_LIST_LEN: usize = 10_000;
 /// Longest string (in characters) a rule's list may hold.
 pub const MAX_STR_LEN: usize = 64;
 
+/// The spec's schema of one string in a rule's list, from the same bounds
+/// [`Rules::validate`] checks: 1..=[`MAX_STR_LEN`] characters, not only
+/// white space.
+pub struct RuleString;
+
+impl utoipa::PartialSchema for RuleString {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1))
+            .max_length(Some(MAX_STR_LEN))
+            .pattern(Some(r"\S"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for RuleString {}
+
+/// The spec's schema of a user id in `users`: a positive integer.
+pub struct RuleUserId;
+
+impl utoipa::PartialSchema for RuleUserId {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+            .minimum(Some(1))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for RuleUserId {}
+
 /// The order a coupon is judged against. Amounts are integer Toman.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub struct Order {
+    /// 1-64 characters.
+    #[schema(min_length = 1, max_length = 64, example = "ORD-1001")]
     pub number: String,
+    /// 1-64 characters.
+    #[schema(min_length = 1, max_length = 64, example = "card")]
     pub payment_method: String,
+    /// 1-500 lines.
+    #[schema(min_items = 1, max_items = 500)]
     pub lines: Vec<OrderLine>,
 }
 
@@ -40,7 +81,11 @@ pub struct Order {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub struct OrderLine {
+    /// 1-64 characters.
+    #[schema(min_length = 1, max_length = 64, example = "A1")]
     pub sku: String,
+    /// 1-64 characters.
+    #[schema(min_length = 1, max_length = 64, example = "shoes")]
     pub category: String,
     pub unit_price: i64,
     pub quantity: i64,
@@ -71,7 +116,7 @@ impl Order {
 
 /// A day-of-week rule: one day, or a shorthand judged against the caller's
 /// weekend (`weekend` = a day in it, `weekday` = a day not in it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DayRule {
     Mon,
@@ -114,29 +159,37 @@ impl DayRule {
 ///
 /// Days (`special_days`, `days_of_week`) are judged on the calendar date and
 /// weekday of `now` in the code's time zone, not in UTC.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Each list holds 1 to 10,000 entries; omit a rule to allow any value.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case", default, deny_unknown_fields)]
 pub struct Rules {
     /// Valid only for these order numbers.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<RuleString>>, min_items = 1, max_items = 10000)]
     pub order_numbers: Option<Vec<String>>,
     /// Valid only when paying with one of these methods.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<RuleString>>, min_items = 1, max_items = 10000)]
     pub payment_methods: Option<Vec<String>>,
     /// Personal: valid only for these user ids.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<RuleUserId>>, min_items = 1, max_items = 10000)]
     pub users: Option<Vec<i64>>,
     /// The discount applies only to lines with these skus (or categories).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<RuleString>>, min_items = 1, max_items = 10000)]
     pub skus: Option<Vec<String>>,
     /// The discount applies only to lines in these categories (or skus).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<RuleString>>, min_items = 1, max_items = 10000)]
     pub categories: Option<Vec<String>>,
     /// Valid only on these calendar dates, in the code's time zone.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(min_items = 1, max_items = 10000)]
     pub special_days: Option<Vec<NaiveDate>>,
     /// Valid only on these days of the week, in the code's time zone.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(min_items = 1, max_items = 10000)]
     pub days_of_week: Option<Vec<DayRule>>,
 }
 

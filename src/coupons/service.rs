@@ -22,7 +22,8 @@ use crate::state::AppState;
 
 /// Size limits on a checkout's order (the rules judge the rest).
 pub fn check_order(order: &Order) -> Result<(), ApiError> {
-    let short = |s: &str| !s.is_empty() && s.len() <= 64;
+    // Characters, as the schema's maxLength and the database's length() count.
+    let short = |s: &str| !s.is_empty() && s.chars().count() <= 64;
     if !short(&order.number) || !short(&order.payment_method) {
         return Err(ApiError::InvalidInput("order number and payment method must be 1-64 characters".into()));
     }

@@ -8,7 +8,7 @@
 //! get the admin scheme here, so an admin route cannot be documented as a
 //! user's by mistake.
 
-use actix_web::web;
+use actix_web::web::{self, Redirect};
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -72,6 +72,7 @@ fn jwt_scheme(description: &str) -> SecurityScheme {
 impl Modify for CallerKinds {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
+        components.responses.extend(crate::error::responses::components());
         components.add_security_scheme("bearer", jwt_scheme("A user's token, from /auth/login or /campaigns/login."));
         components.add_security_scheme(
             "admin",
@@ -129,5 +130,116 @@ fn mark_caller(op: &mut Operation) {
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
+    // `/docs` (what the README, the dashboard and the spec say) moves for
+    // good to `/docs/`, where Swagger UI's relative asset paths resolve.
+    cfg.route("/docs", web::get().to(|| async { Redirect::to("/docs/").permanent() }));
     cfg.service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", ApiDoc::openapi()));
+}
+
+#[cfg(test)]
+mod tests {
+    //! The document itself, without a server: valid enough for generators
+    //! (every response described, every `$ref` resolves) and in step with
+    //! the constants the server validates with.
+
+    use serde_json::Value;
+
+    use super::ApiDoc;
+    use utoipa::OpenApi;
+
+    fn spec() -> Value {
+        serde_json::to_value(ApiDoc::openapi()).unwrap_or_default()
+    }
+
+    /// Every `$ref` in `v`, with where it was found.
+    fn refs<'a>(v: &'a Value, at: String, out: &mut Vec<(String, &'a str)>) {
+        match v {
+            Value::Object(map) => {
+                for (k, child) in map {
+                    if k == "$ref" {
+                        if let Some(r) = child.as_str() {
+                            out.push((at.clone(), r));
+                        }
+                    } else {
+                        refs(child, format!("{at}/{k}"), out);
+                    }
+                }
+            }
+            Value::Array(items) => {
+                for (i, child) in items.iter().enumerate() {
+                    refs(child, format!("{at}/{i}"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The limits the spec states, against the constants the server's
+    /// validators use (the integration test feeds the boundaries to a server).
+    #[test]
+    fn the_spec_states_the_servers_constants() {
+        use crate::auth::routes::{Username, PASSWORD_MAX_CHARS, PASSWORD_MIN_CHARS};
+        use crate::codes::admin::{MAX_AMOUNT, MAX_BULK, MAX_LIMIT};
+        use crate::codes::CodeName;
+        use crate::coupons::rules::{MAX_LIST_LEN, MAX_STR_LEN};
+        let spec = spec();
+        let s = "/components/schemas";
+        let expected: &[(String, i64)] = &[
+            (format!("{s}/CodeName/maxLength"), CodeName::MAX_LEN as i64),
+            (format!("{s}/CreateCreditCode/properties/amount/maximum"), MAX_AMOUNT),
+            (format!("{s}/CreateCreditCode/properties/limit/maximum"), MAX_LIMIT),
+            (format!("{s}/CreateVoucherCode/properties/limit/maximum"), MAX_LIMIT),
+            (format!("{s}/CreateCouponCode/properties/limit/maximum"), MAX_LIMIT),
+            (format!("{s}/ChangeCode/properties/limit/maximum"), MAX_LIMIT),
+            (format!("{s}/BulkCreditCodes/properties/amount/maximum"), MAX_AMOUNT),
+            (format!("{s}/BulkCreditCodes/properties/count/maximum"), MAX_BULK),
+            (format!("{s}/BulkVoucherCodes/properties/count/maximum"), MAX_BULK),
+            (format!("{s}/BulkCouponCodes/properties/count/maximum"), MAX_BULK),
+            (format!("{s}/CreditRequest/properties/amount/maximum"), crate::wallet::service::MAX_AMOUNT),
+            (format!("{s}/DebitRequest/properties/amount/maximum"), crate::wallet::service::MAX_AMOUNT),
+            (format!("{s}/RegisterRequest/properties/username/minLength"), Username::MIN_LEN as i64),
+            (format!("{s}/RegisterRequest/properties/username/maxLength"), Username::MAX_LEN as i64),
+            (format!("{s}/RegisterRequest/properties/password/minLength"), PASSWORD_MIN_CHARS as i64),
+            (format!("{s}/RegisterRequest/properties/password/maxLength"), PASSWORD_MAX_CHARS as i64),
+            (format!("{s}/RuleString/maxLength"), MAX_STR_LEN as i64),
+            (format!("{s}/Rules/properties/skus/maxItems"), MAX_LIST_LEN as i64),
+            (format!("{s}/Rules/properties/users/maxItems"), MAX_LIST_LEN as i64),
+            (format!("{s}/Rules/properties/days_of_week/maxItems"), MAX_LIST_LEN as i64),
+        ];
+        for (pointer, want) in expected {
+            let got = spec.pointer(pointer).and_then(|v| v.as_i64().or_else(|| v.as_f64().map(|f| f as i64)));
+            assert_eq!(got, Some(*want), "{pointer}");
+        }
+        let pattern = spec.pointer(&format!("{s}/CodeName/pattern")).and_then(|v| v.as_str());
+        assert_eq!(pattern, Some(CodeName::pattern(CodeName::MAX_LEN).as_str()));
+    }
+
+    #[test]
+    fn every_response_has_a_description_and_every_ref_resolves() {
+        let spec = spec();
+        let mut seen = 0;
+        for (path, item) in spec["paths"].as_object().into_iter().flatten() {
+            for (method, op) in item.as_object().into_iter().flatten() {
+                let responses = op["responses"].as_object();
+                assert!(responses.is_some_and(|r| !r.is_empty()), "{method} {path}: no responses");
+                for (status, response) in responses.into_iter().flatten() {
+                    seen += 1;
+                    let resolved = match response["$ref"].as_str() {
+                        Some(r) => spec.pointer(r.trim_start_matches('#')).cloned().unwrap_or_default(),
+                        None => response.clone(),
+                    };
+                    let description = resolved["description"].as_str().unwrap_or_default();
+                    assert!(!description.trim().is_empty(), "{method} {path} {status}: no description");
+                }
+            }
+        }
+        assert!(seen > 100, "only {seen} responses");
+        let mut found = vec![];
+        refs(&spec, String::new(), &mut found);
+        assert!(found.len() > 50);
+        for (at, r) in found {
+            assert!(r.starts_with("#/"), "{at}: external $ref {r}");
+            assert!(spec.pointer(&r[1..]).is_some(), "{at}: $ref {r} does not resolve");
+        }
+    }
 }

@@ -9,10 +9,10 @@ use serde::Deserialize;
 use tracing::Instrument;
 use utoipa::ToSchema;
 
-use super::commit::PastRedemption;
 use super::service;
 use crate::auth::AuthUser;
 use crate::codes::CodeName;
+use crate::error::responses::UserBodyErrors;
 use crate::error::{ApiError, ErrorBody};
 use crate::http::{route, Json};
 use crate::idempotency::{self, Attempt, IdempotencyKey};
@@ -26,7 +26,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 #[derive(Deserialize, ToSchema)]
 pub struct UseCodeRequest {
     /// Case-insensitive; 1-64 characters of `A-Z 0-9 _ -`.
-    #[schema(example = "SPRING")]
+    #[schema(value_type = crate::codes::CodeNameSchema)]
     code: String,
 }
 
@@ -38,23 +38,18 @@ pub struct UseCodeRequest {
 /// answers the outcome: 200 if the credit committed — also when the first
 /// answer was a 503 — else the same refusal.
 #[utoipa::path(post, path = "/codes/use", tag = "codes", security(("bearer" = [])),
-    params(("Idempotency-Key" = Option<String>, Header,
+    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[\\x21-\\x7E]{1,255}$",
         description = "1-255 visible ASCII characters (e.g. a UUID); kept 24 h per user")),
     request_body = UseCodeRequest, responses(
-        (status = 200, body = service::Redeemed,
+        (status = 200, description = "credited: the code's amount and the balance now", body = service::Redeemed,
             headers(("Idempotent-Replayed" = String, description = "`true` when replayed from the key's kept answer"))),
+        UserBodyErrors,
+        (status = 400, description = "malformed_json / invalid_idempotency_key", body = ErrorBody),
         (status = 404, description = "code_not_found", body = ErrorBody),
         (status = 409, description = "already_redeemed (with `redemption`: the user's own, when committed) / \
-            idempotency_in_progress (a request with this key is running; see Retry-After)", body = AlreadyRedeemedBody),
+            idempotency_in_progress (a request with this key is running; see Retry-After)", body = ErrorBody),
         (status = 410, description = "sold_out", body = ErrorBody),
-        (status = 422, description = "not_eligible / invalid_input / idempotency_key_reused (the key came with another body)", body = ErrorBody),
-        (status = 503, description = "try_again (see Retry-After)", body = ErrorBody,
-            headers(("Retry-After" = u32, description = "seconds"))),
-        (status = 401, description = "unauthorized / token_expired", body = ErrorBody),
-        (status = 400, description = "malformed_json / invalid_idempotency_key", body = ErrorBody),
-        (status = 413, description = "payload_too_large", body = ErrorBody),
-        (status = 429, description = "rate_limited (see Retry-After)", body = ErrorBody,
-            headers(("Retry-After" = u32, description = "seconds")))))]
+        (status = 422, description = "not_eligible / invalid_input / idempotency_key_reused (the key came with another body)", body = ErrorBody)))]
 pub async fn use_code(
     state: web::Data<AppState>,
     user: AuthUser,
@@ -105,21 +100,4 @@ async fn redeem(
         state.limiter.charge_unknown_code(user.user_id, addr).await?;
     }
     redeemed
-}
-
-/// 409 `already_redeemed` on `POST /codes/use`: the error, and the caller's
-/// own redemption beside it once it is committed (absent while a claim of
-/// theirs is still committing).
-#[derive(serde::Serialize, ToSchema)]
-pub struct AlreadyRedeemedBody {
-    pub error: ErrorDetailSchema,
-    pub redemption: Option<PastRedemption>,
-}
-
-/// `{code, message}`, as in every error.
-#[derive(serde::Serialize, ToSchema)]
-pub struct ErrorDetailSchema {
-    #[schema(example = "already_redeemed")]
-    pub code: String,
-    pub message: String,
 }

@@ -12,6 +12,7 @@ use crate::auth::routes::{authenticate, issue_login, LoginResponse};
 use crate::auth::AuthUser;
 use crate::codes::CodeName;
 use crate::db::StoreError;
+use crate::error::responses::{PublicBodyErrors, UserErrors};
 use crate::error::{ApiError, ErrorBody};
 use crate::http::{route, Json};
 use crate::ratelimit::ClientAddr;
@@ -29,7 +30,7 @@ pub struct CampaignLogin {
     #[schema(example = "a-long-password")]
     password: String,
     /// The campaign's code.
-    #[schema(example = "TOPUP30")]
+    #[schema(value_type = crate::codes::CodeNameSchema)]
     campaign: String,
 }
 
@@ -44,10 +45,8 @@ pub struct CampaignLoginResponse {
 /// within its first N users, get its voucher in the same request.
 #[utoipa::path(post, path = "/campaigns/login", tag = "vouchers", request_body = CampaignLogin, responses(
     (status = 200, body = CampaignLoginResponse, description = "logged in; `voucher` says whether one was issued and why not"),
-    (status = 401, description = "invalid_credentials", body = ErrorBody),
-    (status = 400, description = "malformed_json", body = ErrorBody),
-    (status = 422, description = "invalid_input", body = ErrorBody),
-    (status = 429, description = "rate_limited (see Retry-After)", body = ErrorBody)))]
+    PublicBodyErrors,
+    (status = 401, description = "invalid_credentials", body = ErrorBody)))]
 pub async fn campaign_login(
     state: web::Data<AppState>,
     addr: ClientAddr,
@@ -71,8 +70,8 @@ pub struct VoucherList {
 
 /// The caller's vouchers, newest first, with their expiry.
 #[utoipa::path(get, path = "/vouchers", tag = "vouchers", security(("bearer" = [])), responses(
-    (status = 200, body = VoucherList),
-    (status = 401, description = "unauthorized / token_expired", body = ErrorBody)))]
+    (status = 200, description = "the caller's vouchers", body = VoucherList),
+    UserErrors))]
 pub async fn my_vouchers(state: web::Data<AppState>, user: AuthUser) -> Result<HttpResponse, ApiError> {
     let db = state.pg.get().await.map_err(StoreError::from)?;
     let items = store::of_user(&db, user.user_id).await?;

@@ -10,6 +10,7 @@ use super::service::{self, Movement, MovementDone, VoucherUse};
 use super::store;
 use crate::auth::{scope, store as users, AuthUser, ServiceCaller};
 use crate::db::StoreError;
+use crate::error::responses::{ServiceBodyErrors, UserBodyErrors, UserErrors};
 use crate::error::{ApiError, ErrorBody};
 use crate::http::{parse_json_or_default, route, Json, Query};
 use crate::state::AppState;
@@ -38,12 +39,10 @@ pub struct BalanceResponse<'a> {
 #[utoipa::path(post, path = "/wallet/balance", tag = "wallet", security(("bearer" = [])),
     request_body(content = Option<BalanceRequest>, description = "`{}` or empty for your own wallet"),
     responses(
-        (status = 200, body = BalanceResponse),
-        (status = 401, description = "unauthorized / token_expired", body = ErrorBody),
-        (status = 403, description = "forbidden: another user's wallet", body = ErrorBody),
-        (status = 404, description = "not_found: no such user", body = ErrorBody),
-        (status = 400, description = "malformed_json", body = ErrorBody),
-        (status = 422, description = "invalid_input", body = ErrorBody)))]
+        (status = 200, description = "the balance", body = BalanceResponse),
+        UserBodyErrors,
+        (status = 403, description = "forbidden: another user's wallet, or a token of another caller kind", body = ErrorBody),
+        (status = 404, description = "not_found: no such user", body = ErrorBody)))]
 pub async fn balance(state: web::Data<AppState>, user: AuthUser, body: web::Bytes) -> Result<HttpResponse, ApiError> {
     // The body is optional (`{}` or nothing), but when present it must be valid.
     let request: BalanceRequest = parse_json_or_default(&body)?;
@@ -62,6 +61,7 @@ pub async fn balance(state: web::Data<AppState>, user: AuthUser, body: web::Byte
 #[derive(Deserialize, IntoParams)]
 pub struct TransactionsQuery {
     /// Page size, 1-100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
     /// Continue below this ledger id (from the previous page's `next_before`).
     before: Option<i64>,
@@ -77,10 +77,8 @@ pub struct TransactionsPage {
 /// The caller's ledger, newest first: credits (positive) and debits (negative).
 #[utoipa::path(get, path = "/wallet/transactions", tag = "wallet", security(("bearer" = [])),
     params(TransactionsQuery), responses(
-        (status = 200, body = TransactionsPage),
-        (status = 401, description = "unauthorized / token_expired", body = ErrorBody),
-        (status = 403, description = "forbidden: a service token", body = ErrorBody),
-        (status = 422, description = "invalid_input", body = ErrorBody)))]
+        (status = 200, description = "one page of the ledger, newest first", body = TransactionsPage),
+        UserErrors))]
 pub async fn transactions(
     state: web::Data<AppState>,
     user: AuthUser,
@@ -142,15 +140,11 @@ pub struct DebitRequest {
 /// reference, user and amount) returns the first entry with `replayed: true`.
 #[utoipa::path(post, path = "/wallet/credits", tag = "wallet", security(("service" = ["wallet:credit"])),
     request_body = CreditRequest, responses(
-        (status = 200, body = MovementDone),
+        (status = 200, description = "the entry (or the first one, replayed)", body = MovementDone),
+        ServiceBodyErrors,
         (status = 404, description = "not_found: no such user", body = ErrorBody),
         (status = 409, description = "reference_conflict: the reference was used for another movement", body = ErrorBody),
-        (status = 401, description = "unauthorized / token_expired", body = ErrorBody),
-        (status = 403, description = "forbidden: not a service token; missing_scope: no wallet:credit", body = ErrorBody),
-        (status = 400, description = "malformed_json", body = ErrorBody),
-        (status = 413, description = "payload_too_large", body = ErrorBody),
-        (status = 422, description = "invalid_input / user_disabled", body = ErrorBody),
-        (status = 503, description = "try_again", body = ErrorBody)))]
+        (status = 422, description = "invalid_input / user_disabled", body = ErrorBody)))]
 pub async fn credit(
     state: web::Data<AppState>,
     caller: ServiceCaller<scope::WalletCredit>,
@@ -169,15 +163,11 @@ pub async fn credit(
 /// in the same transaction as the debit.
 #[utoipa::path(post, path = "/wallet/debits", tag = "wallet", security(("service" = ["wallet:debit"])),
     request_body = DebitRequest, responses(
-        (status = 200, body = MovementDone),
+        (status = 200, description = "the entry (or the first one, replayed)", body = MovementDone),
+        ServiceBodyErrors,
         (status = 404, description = "not_found: no such user, or no such voucher of this user", body = ErrorBody),
         (status = 409, description = "insufficient_funds (nothing written) / reference_conflict / voucher_used", body = ErrorBody),
-        (status = 422, description = "invalid_input / voucher_expired / voucher_wrong_type / user_disabled", body = ErrorBody),
-        (status = 401, description = "unauthorized / token_expired", body = ErrorBody),
-        (status = 403, description = "forbidden: not a service token; missing_scope: no wallet:debit", body = ErrorBody),
-        (status = 400, description = "malformed_json", body = ErrorBody),
-        (status = 413, description = "payload_too_large", body = ErrorBody),
-        (status = 503, description = "try_again", body = ErrorBody)))]
+        (status = 422, description = "invalid_input / voucher_expired / voucher_wrong_type / user_disabled", body = ErrorBody)))]
 pub async fn debit(
     state: web::Data<AppState>,
     caller: ServiceCaller<scope::WalletDebit>,
