@@ -11,6 +11,7 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use super::batcher::Row;
 use super::commit::{self, Committed, PastRedemption};
 use super::gate::{Claim, Release};
 use crate::codes::cache::LocalReject;
@@ -260,8 +261,8 @@ async fn redeem_credit(state: &Arc<AppState>, user_id: i64, name: &CodeName) -> 
     through_gate(state, &code, user_id, &user_id.to_string(), |ticket| {
         let name = name.clone();
         async move {
-            let db = state.pg.get().await?;
-            Ok(match commit::commit(&db, code_id, user_id, ticket).await? {
+            let row = Row { code_id, user_id, ticket };
+            Ok(match state.commits.commit(row).await? {
                 Committed::Credited { amount, balance, .. } => Commit::Done(Redeemed { code: name, amount, balance }),
                 Committed::AlreadyRedeemed => Commit::AlreadyHeld,
                 Committed::TicketTaken => Commit::TicketTaken,
