@@ -67,6 +67,8 @@ pub struct Config {
     pub jwt_issuer: String,
     pub jwt_audience: String,
     pub jwt_leeway_seconds: u64,
+    /// User tokens kept verified in memory (0 = verify every request).
+    pub token_cache_size: usize,
     /// `aud` of service tokens. Differs from `jwt_audience`, so a user token
     /// never verifies as a service token, nor the other way round.
     pub service_jwt_audience: String,
@@ -248,6 +250,7 @@ impl Config {
             jwt_issuer: vars.or("JWT_ISSUER", "redeem-gateway"),
             jwt_audience: vars.or("JWT_AUDIENCE", "redeem-gateway"),
             jwt_leeway_seconds: vars.parse("JWT_LEEWAY_SECONDS", 5)?,
+            token_cache_size: vars.parse("TOKEN_CACHE_SIZE", 50_000)?,
             service_jwt_audience: vars
                 .get("SERVICE_JWT_AUDIENCE")
                 .unwrap_or_else(|| format!("{}:services", vars.or("JWT_AUDIENCE", "redeem-gateway"))),
