@@ -147,9 +147,16 @@ pub async fn commit_rows(db: &impl GenericClient, rows: &[Row]) -> Vec<Result<Co
     }
     let mut outcomes: Vec<Option<Result<Committed, StoreError>>> = match commit_batch(db, rows).await {
         Ok(credited) => credited.into_iter().map(|c| c.map(Ok)).collect(),
-        Err(e) => {
+        Err(e) if refused_by_a_row(&e) => {
             tracing::debug!(rows = rows.len(), error = %e, "batch refused as a whole; committing its rows one by one");
             (0..rows.len()).map(|_| None).collect()
+        }
+        Err(e) => {
+            // Cut off (statement timeout) or the connection failed: a retry
+            // would only double the wait, so every row is told what a
+            // single-row commit is told then (503, ticket released).
+            tracing::warn!(rows = rows.len(), error = %e, "commit batch failed");
+            return (0..rows.len()).map(|_| Err(StoreError::Overloaded("the commit batch failed"))).collect();
         }
     };
     // The rows the batch did not write, once each, on the same connection
@@ -164,6 +171,16 @@ pub async fn commit_rows(db: &impl GenericClient, rows: &[Row]) -> Vec<Result<Co
         outcomes[i] = Some(answer);
     }
     outcomes.into_iter().map(|o| o.unwrap_or(Err(StoreError::Overloaded("no outcome")))).collect()
+}
+
+/// Whether a failed batch is worth retrying row by row: Postgres refused it
+/// for something a row carries (a trigger, a constraint, a deadlock), not
+/// because the statement was cut off or the connection failed.
+fn refused_by_a_row(e: &StoreError) -> bool {
+    match e {
+        StoreError::Postgres(e) => e.code().is_some_and(|c| *c != tokio_postgres::error::SqlState::QUERY_CANCELED),
+        StoreError::Pool(_) | StoreError::Overloaded(_) => false,
+    }
 }
 
 // Rows in (code, user) order, so two batches that share rows (a gate that
