@@ -20,18 +20,18 @@ async fn transactions_of(app: &crate::helpers::TestApp, code_id: i64) -> i64 {
 async fn a_burst_committed_in_batches_gives_exactly_limit_credits() {
     // One committer: everything that arrives while it is busy waits for the next batch.
     let app = spawn_app_with(&[("COMMIT_BATCH_COMMITTERS", "1"), ("COMMIT_BATCH_MAX_ROWS", "16")]).await;
-    let code = app.create_code("GROUPED", AMOUNT, 150).await;
-    let users = app.create_users(600).await;
+    let code = app.create_code("GROUPED", AMOUNT, 100).await;
+    let users = app.create_users(300).await;
     let tokens: Vec<String> = users.iter().map(|(_, t)| t.clone()).collect();
 
     let responses = app.burst(&tokens, "GROUPED").await;
 
-    assert_eq!((count_status(&responses, 200), count_status(&responses, 410)), (150, 450));
+    assert_eq!((count_status(&responses, 200), count_status(&responses, 410)), (100, 200));
     assert!(responses
         .iter()
         .filter(|r| r.status == 200)
         .all(|r| r.body["amount"] == AMOUNT && r.body["balance"] == AMOUNT));
-    assert_eq!(app.redemption_counts(code.id).await, (150, 150), "no user twice, nothing over the limit");
+    assert_eq!(app.redemption_counts(code.id).await, (100, 100), "no user twice, nothing over the limit");
     let ledger_sum = app
         .query_i64(
             "SELECT coalesce(sum(l.amount), 0)::bigint FROM ledger l JOIN redemptions r ON l.reference = 'redemption:' || r.id
@@ -39,7 +39,7 @@ async fn a_burst_committed_in_batches_gives_exactly_limit_credits() {
             &[&code.id],
         )
         .await;
-    assert_eq!(ledger_sum, 150 * AMOUNT);
+    assert_eq!(ledger_sum, 100 * AMOUNT);
     for ((user_id, _), res) in users.iter().zip(&responses) {
         let expected = if res.status == 200 { AMOUNT } else { 0 };
         assert_eq!(app.balance_of(*user_id).await, expected, "user {user_id}");
@@ -47,10 +47,10 @@ async fn a_burst_committed_in_batches_gives_exactly_limit_credits() {
     }
     app.assert_money_invariants().await;
     let transactions = transactions_of(&app, code.id).await;
-    assert!(transactions < 150, "150 credits in {transactions} transactions: no batch formed");
-    assert!(transactions >= 150 / 16, "a batch holds at most 16 rows");
+    assert!(transactions < 100, "100 credits in {transactions} transactions: no batch formed");
+    assert!(transactions >= 100 / 16, "a batch holds at most 16 rows");
     let gate = app.state.gate.snapshot("GROUPED").await.unwrap().expect("gate state");
-    assert_eq!((gate.claims, gate.pending, gate.remaining()), (150, 0, 0), "every winner confirmed");
+    assert_eq!((gate.claims, gate.pending, gate.remaining()), (100, 0, 0), "every winner confirmed");
 }
 
 #[tokio::test]
