@@ -14,7 +14,8 @@
 # seconds (10), BENCH_CONNECTIONS (256), PG_POOL_SIZE (32), HTTP_WORKERS (0 =
 # one per CPU), PGBENCH_TX per client (2000), REDIS_BENCH_REQUESTS (200000),
 # REDIS_BENCH_CLIENTS (64), BENCH_OUT (bench/results/latest.md), WRK_THREADS (2),
-# WRK_CONNECTIONS (64), COMMIT_BATCH_COMMITTERS / COMMIT_BATCH_MAX_ROWS (as the gateway's).
+# WRK_CONNECTIONS (64), COMMIT_BATCH_COMMITTERS / COMMIT_BATCH_MAX_ROWS (as the gateway's),
+# BENCH_SKIP_BUILD=1 (use the release binaries as they are).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -230,8 +231,12 @@ main() {
   # The local PostgreSQL takes a password (see scripts/services.sh); psql and pgbench read it from here.
   PGPASSWORD=$(scripts/services.sh pg-password)
   export PGPASSWORD
-  log "building release binaries"
-  cargo build --release --bins
+  if [ "${BENCH_SKIP_BUILD:-0}" = 1 ]; then
+    log "using the release binaries already built (BENCH_SKIP_BUILD=1)"
+  else
+    log "building release binaries"
+    cargo build --release --bins
+  fi
   fresh_database
   start_gateway
   start_ceiling
