@@ -47,6 +47,8 @@ pub struct Config {
     pub database_url: String,
     pub pg_pool_size: usize,
     pub pg_statement_timeout: Duration,
+    /// Group commit of credit-code redemptions (see redemption::batcher).
+    pub commit_batch: crate::redemption::batcher::BatchLimits,
     pub redis_url: String,
     pub redis_pool_size: usize,
     pub redis_timeout: Duration,
@@ -65,6 +67,8 @@ pub struct Config {
     pub jwt_issuer: String,
     pub jwt_audience: String,
     pub jwt_leeway_seconds: u64,
+    /// User tokens kept verified in memory (0 = verify every request).
+    pub token_cache_size: usize,
     /// `aud` of service tokens. Differs from `jwt_audience`, so a user token
     /// never verifies as a service token, nor the other way round.
     pub service_jwt_audience: String,
@@ -227,6 +231,13 @@ impl Config {
             database_url: vars.required("DATABASE_URL")?,
             pg_pool_size: vars.parse("PG_POOL_SIZE", 32)?,
             pg_statement_timeout: Duration::from_millis(vars.parse("PG_STATEMENT_TIMEOUT_MS", 5_000)?),
+            commit_batch: crate::redemption::batcher::BatchLimits {
+                max_rows: vars.parse("COMMIT_BATCH_MAX_ROWS", 64)?,
+                committers: vars.parse("COMMIT_BATCH_COMMITTERS", 4)?,
+                queue: vars.parse("COMMIT_QUEUE_MAX", 4_096)?,
+                // As long as a commit may wait for a pool connection today.
+                max_wait: Duration::from_millis(vars.parse("COMMIT_QUEUE_WAIT_MS", 2_000)?),
+            },
             redis_url: vars.required("REDIS_URL")?,
             redis_pool_size: vars.parse("REDIS_POOL_SIZE", 8)?,
             redis_timeout: Duration::from_millis(vars.parse("REDIS_TIMEOUT_MS", 1_000)?),
@@ -239,6 +250,7 @@ impl Config {
             jwt_issuer: vars.or("JWT_ISSUER", "redeem-gateway"),
             jwt_audience: vars.or("JWT_AUDIENCE", "redeem-gateway"),
             jwt_leeway_seconds: vars.parse("JWT_LEEWAY_SECONDS", 5)?,
+            token_cache_size: vars.parse("TOKEN_CACHE_SIZE", 50_000)?,
             service_jwt_audience: vars
                 .get("SERVICE_JWT_AUDIENCE")
                 .unwrap_or_else(|| format!("{}:services", vars.or("JWT_AUDIENCE", "redeem-gateway"))),
@@ -336,7 +348,13 @@ impl Config {
                 reason: "must not contain braces (they are the Redis Cluster hash tag)".into(),
             });
         }
-        for (name, value) in [("PG_POOL_SIZE", self.pg_pool_size), ("REDIS_POOL_SIZE", self.redis_pool_size)] {
+        for (name, value) in [
+            ("PG_POOL_SIZE", self.pg_pool_size),
+            ("REDIS_POOL_SIZE", self.redis_pool_size),
+            ("COMMIT_BATCH_MAX_ROWS", self.commit_batch.max_rows),
+            ("COMMIT_BATCH_COMMITTERS", self.commit_batch.committers),
+            ("COMMIT_QUEUE_MAX", self.commit_batch.queue),
+        ] {
             if value == 0 {
                 return Err(ConfigError::Invalid { name, reason: "must be at least 1".into() });
             }

@@ -23,6 +23,10 @@ pub enum StoreError {
     Pool(#[from] deadpool_postgres::PoolError),
     #[error("postgres: {0}")]
     Postgres(#[from] tokio_postgres::Error),
+    /// Refused before reaching Postgres (a bounded queue was full or waited
+    /// too long): nothing was written.
+    #[error("overloaded: {0}")]
+    Overloaded(&'static str),
 }
 
 impl StoreError {
@@ -30,7 +34,7 @@ impl StoreError {
     /// overloaded, or cancelled the statement. Nothing was written.
     pub fn is_transient(&self) -> bool {
         match self {
-            StoreError::Pool(_) => true,
+            StoreError::Pool(_) | StoreError::Overloaded(_) => true,
             StoreError::Postgres(e) => match e.code() {
                 // No SQLSTATE: the connection itself failed or closed.
                 None => true,

@@ -19,6 +19,8 @@ pub struct AppState {
     /// For operator and reconciler work; the hot path uses the gate's own connection.
     pub redis: deadpool_redis::Pool,
     pub gate: Gate,
+    /// Group commit of credit-code redemptions.
+    pub commits: crate::redemption::batcher::Batcher,
     /// Abuse limits in Redis (login, registration, code attempts, failed codes).
     pub limiter: Arc<RateLimiter>,
     pub tokens: TokenKeys,
@@ -43,6 +45,7 @@ impl AppState {
         let pg = db::pg_pool(&config)?;
         let redis = db::redis_pool(&config)?;
         let gate = Gate::connect(&config).await?;
+        let commits = crate::redemption::batcher::Batcher::start(pg.clone(), config.commit_batch);
         let limiter = Arc::new(RateLimiter::connect(&config).await?);
         let state = AppState {
             tokens: TokenKeys::new(&config),
@@ -51,6 +54,7 @@ impl AppState {
             pg,
             redis,
             gate,
+            commits,
             rebuilding: Mutex::new(HashSet::new()),
             reconciling: AtomicBool::new(false),
             flushing: tokio::sync::Mutex::new(()),

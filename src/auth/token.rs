@@ -138,6 +138,39 @@ pub struct TokenKeys {
     issuer: String,
     audience: String,
     service_audience: String,
+    /// User tokens that verified, by their exact text (see `VerifiedTokens`).
+    verified: VerifiedTokens,
+    leeway: u64,
+}
+
+/// User tokens that already verified, with what they said: a hit skips the
+/// HMAC and the JSON parse, and still refuses a token whose `exp` (plus the
+/// leeway) has passed. Only the signature check is saved: the disabled set is
+/// checked on every request by the extractor, as before. Keys never change
+/// while the process runs, so a token that verified once verifies again
+/// until it expires. Bounded: when full it is emptied (tokens simply verify
+/// again), so a stranger sending many tokens costs memory only up to the bound.
+struct VerifiedTokens {
+    map: std::sync::RwLock<std::collections::HashMap<Box<str>, Identity>>,
+    max: usize,
+}
+
+impl VerifiedTokens {
+    fn get(&self, token: &str) -> Option<Identity> {
+        self.map.read().ok()?.get(token).copied()
+    }
+
+    fn put(&self, token: &str, identity: Identity) {
+        if self.max == 0 {
+            return;
+        }
+        if let Ok(mut map) = self.map.write() {
+            if map.len() >= self.max {
+                map.clear();
+            }
+            map.insert(token.into(), identity);
+        }
+    }
 }
 
 impl TokenKeys {
@@ -173,6 +206,8 @@ impl TokenKeys {
             ttl: config.jwt_ttl,
             service_ttl: config.service_token_ttl,
             issuer: config.jwt_issuer.clone(),
+            verified: VerifiedTokens { map: Default::default(), max: config.token_cache_size },
+            leeway: config.jwt_leeway_seconds,
             audience: config.jwt_audience.clone(),
             service_audience: config.service_jwt_audience.clone(),
         }
@@ -263,7 +298,20 @@ impl TokenKeys {
         Ok(ServiceIdentity { name: name.to_string(), scopes })
     }
 
+    /// A user token's identity; from the cache of verified tokens while its
+    /// `exp` (plus the leeway, as jsonwebtoken judges it) has not passed.
     pub fn verify(&self, token: &str) -> Result<Identity, ApiError> {
+        if let Some(identity) = self.verified.get(token) {
+            if identity.expires_at.saturating_add(self.leeway) >= unix_now() {
+                return Ok(identity);
+            }
+        }
+        let identity = self.verify_signed(token)?;
+        self.verified.put(token, identity);
+        Ok(identity)
+    }
+
+    fn verify_signed(&self, token: &str) -> Result<Identity, ApiError> {
         let key = self.key_for(token)?;
         let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation).map_err(|e| match e.kind() {
             ErrorKind::ExpiredSignature => ApiError::TokenExpired,
@@ -328,6 +376,34 @@ mod tests {
     fn good_claims() -> serde_json::Value {
         let now = unix_now();
         serde_json::json!({"sub":"7","role":"user","iss":"redeem-gateway","aud":"redeem-gateway","iat":now,"exp":now+60})
+    }
+
+    #[test]
+    fn a_cached_token_is_still_refused_once_it_expires() {
+        let keys = keys();
+        let now = unix_now();
+        let claims = serde_json::json!({"sub":"7","role":"user","iss":"redeem-gateway","aud":"redeem-gateway","iat":now,"exp":now+1});
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(kid_of(SECRET));
+        let token = jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap();
+        assert_eq!(keys.verify(&token).map(|i| i.user_id).ok(), Some(7));
+        assert!(keys.verified.get(&token).is_some(), "kept after verifying");
+        assert_eq!(keys.verify(&token).map(|i| i.user_id).ok(), Some(7), "served from the cache");
+        std::thread::sleep(std::time::Duration::from_millis(2_100));
+        assert!(matches!(keys.verify(&token), Err(ApiError::TokenExpired)), "expiry still judged on a hit");
+    }
+
+    #[test]
+    fn a_bad_token_is_never_cached_and_the_cache_is_bounded() {
+        let keys = keys_with(&[("TOKEN_CACHE_SIZE", "2")]);
+        let bad = format!("{}x", sign_with_kid(Some(&kid_of(SECRET)), SECRET));
+        assert!(keys.verify(&bad).is_err());
+        assert!(keys.verified.get(&bad).is_none());
+        for user in 1..=5 {
+            let token = keys.issue(user, Role::User).unwrap();
+            assert_eq!(keys.verify(&token).map(|i| i.user_id).ok(), Some(user));
+            assert!(keys.verified.map.read().unwrap().len() <= 2);
+        }
     }
 
     fn sign_with_kid(kid: Option<&str>, secret: &str) -> String {

@@ -42,13 +42,31 @@ enum Command {
         #[arg(long)]
         workers: Option<usize>,
     },
-    /// Prints the Postgres ceiling's pgbench script (the gateway's COMMIT_SQL).
+    /// Prints a pgbench script: the gateway's COMMIT_SQL (default), its group
+    /// commit statement (--batch ROWS), or its balance query (--last-user).
     PgbenchScript {
-        #[arg(long)]
+        #[arg(long, default_value_t = 0)]
         code_id: i64,
         /// Id of the first of the consecutive users the transactions use.
         #[arg(long)]
         first_user: i64,
+        /// Rows per statement: the group commit's statement instead.
+        #[arg(long)]
+        batch: Option<i64>,
+        /// The balance query for random users first_user..=last_user instead.
+        #[arg(long)]
+        last_user: Option<i64>,
+    },
+    /// Fixtures for an outside load generator (wrk): a sold-out code and
+    /// --users tokens, written to DIR/code and DIR/tokens (one per line).
+    WrkFixtures {
+        #[arg(long, default_value_t = 20_000)]
+        users: usize,
+        #[arg(long)]
+        dir: PathBuf,
+        /// The gateway's host:port, to take the sold-out code's one slot.
+        #[arg(long)]
+        gateway: String,
     },
 }
 
@@ -90,6 +108,18 @@ struct AllArgs {
     /// pgbench's commit rate (transactions per second), measured by the caller.
     #[arg(long)]
     pg_ceiling: Option<f64>,
+    /// pgbench running the group commit's statement: credits per second.
+    #[arg(long)]
+    pg_batch_ceiling: Option<f64>,
+    /// pgbench running the balance query: queries per second.
+    #[arg(long)]
+    pg_balance_ceiling: Option<f64>,
+    /// wrk's rate on the sold-out code against the gateway (requests per second).
+    #[arg(long)]
+    wrk_flood: Option<f64>,
+    /// wrk's rate, same script, against the trivial ceiling server.
+    #[arg(long)]
+    wrk_ceiling: Option<f64>,
     /// Where to write the markdown report (it is printed too).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -123,8 +153,13 @@ async fn run(command: Command) -> anyhow::Result<bool> {
         ceiling::serve(addr, workers.unwrap_or_else(gateway_workers)).await?;
         return Ok(true);
     }
-    if let Command::PgbenchScript { code_id, first_user } = &command {
-        print!("{}", pgbench::script(*code_id, *first_user));
+    if let Command::PgbenchScript { code_id, first_user, batch, last_user } = &command {
+        let script = match (batch, last_user) {
+            (_, Some(last)) => pgbench::balance_script(*first_user, *last),
+            (Some(rows), None) => pgbench::batch_script(*code_id, *first_user, *rows),
+            (None, None) => pgbench::script(*code_id, *first_user),
+        };
+        print!("{script}");
         return Ok(true);
     }
     let config = Config::from_env().map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
@@ -136,6 +171,14 @@ async fn run(command: Command) -> anyhow::Result<bool> {
         Command::Balance(load) => one(&state, &load, Scenario::Balance).await?,
         Command::Mixed(load) => one(&state, &load, Scenario::Mixed).await?,
         Command::All(args) => return all(&state, args).await,
+        Command::WrkFixtures { users, dir, gateway } => {
+            let users = prepare_users(&state, users).await?;
+            let code = scenarios::sold_out_code(&state, parse_addr(&gateway)?).await?;
+            let tokens: Vec<&str> = users.auth.iter().filter_map(|h| h.to_str().ok()).collect();
+            std::fs::write(dir.join("tokens"), tokens.join("\n") + "\n")?;
+            std::fs::write(dir.join("code"), &code)?;
+            return Ok(true);
+        }
         Command::CeilingServer { .. } | Command::PgbenchScript { .. } => Vec::new(),
     };
     println!("{}", report::markdown(&meta(&state, "unknown", &[]), &outcomes, &Ceilings::default()));
@@ -220,7 +263,15 @@ async fn all(state: &Arc<AppState>, args: AllArgs) -> anyhow::Result<bool> {
     for scenario in [Scenario::Burst, Scenario::Flood, Scenario::Balance, Scenario::Mixed] {
         outcomes.extend(run_scenario(&bench, &users, load, scenario).await?);
     }
-    let ceilings = Ceilings { http, redis_per_sec: args.redis_ceiling, pg_per_sec: args.pg_ceiling };
+    let ceilings = Ceilings {
+        http,
+        redis_per_sec: args.redis_ceiling,
+        pg_per_sec: args.pg_ceiling,
+        pg_batch_per_sec: args.pg_batch_ceiling,
+        pg_balance_per_sec: args.pg_balance_ceiling,
+        wrk_flood_per_sec: args.wrk_flood,
+        wrk_ceiling_per_sec: args.wrk_ceiling,
+    };
     let markdown = report::markdown(&meta(state, &args.commit, &params(load, &args.params)), &outcomes, &ceilings);
     println!("{markdown}");
     if let Some(path) = &args.out {

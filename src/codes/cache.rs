@@ -191,6 +191,14 @@ impl CodeCache {
         }
     }
 
+    /// The code, only if a fresh entry holds it: no database, no task.
+    pub fn fresh(&self, name: &str) -> Option<Arc<CachedCode>> {
+        match self.lookup(name) {
+            Lookup::Fresh(hit) => hit,
+            _ => None,
+        }
+    }
+
     /// Whether this gateway has an entry for `name` (fresh or stale, known or
     /// unknown): if not, a read would query the database.
     pub fn has_entry(&self, name: &str) -> bool {

@@ -23,6 +23,13 @@ pub struct Ceilings {
     pub redis_per_sec: Option<f64>,
     /// pgbench: commit transactions (COMMIT_SQL) per second.
     pub pg_per_sec: Option<f64>,
+    /// pgbench: credits per second through the group commit's statement.
+    pub pg_batch_per_sec: Option<f64>,
+    /// pgbench: the balance query per second (same pool size).
+    pub pg_balance_per_sec: Option<f64>,
+    /// wrk on the sold-out code, against the gateway and the trivial server.
+    pub wrk_flood_per_sec: Option<f64>,
+    pub wrk_ceiling_per_sec: Option<f64>,
 }
 
 /// Which ceiling a scenario is compared with, and on which figure.
@@ -142,8 +149,28 @@ fn ceiling_table(out: &mut String, ceilings: &Ceilings) {
     );
     let _ = writeln!(
         out,
-        "| Postgres | pgbench, the COMMIT_SQL statement, random users/tickets, PG_POOL_SIZE clients | {} | | |\n",
+        "| Postgres | pgbench, the COMMIT_SQL statement, random users/tickets, PG_POOL_SIZE clients | {} | | |",
         rate(ceilings.pg_per_sec)
+    );
+    let _ = writeln!(
+        out,
+        "| Postgres, batched | pgbench, the group commit's statement, fresh users/tickets, COMMIT_BATCH_COMMITTERS clients: credits/s | {} | | |",
+        rate(ceilings.pg_batch_per_sec)
+    );
+    let _ = writeln!(
+        out,
+        "| Postgres, balance | pgbench -M prepared, the balance query, random users, PG_POOL_SIZE clients | {} | | |",
+        rate(ceilings.pg_balance_per_sec)
+    );
+    let _ = writeln!(
+        out,
+        "| HTTP by wrk | wrk, same script (rotating tokens, sold-out code) against the trivial server | {} | | |",
+        rate(ceilings.wrk_ceiling_per_sec)
+    );
+    let _ = writeln!(
+        out,
+        "| gateway by wrk | wrk against the gateway, sold-out code | {} | | |\n",
+        rate(ceilings.wrk_flood_per_sec)
     );
 }
 
@@ -151,23 +178,57 @@ fn targets(out: &mut String, outcomes: &[Outcome], ceilings: &Ceilings) {
     let _ = writeln!(out, "## Targets\n");
     let _ = writeln!(out, "| target | measured | ceiling | ratio | met |");
     let _ = writeln!(out, "|---|---:|---:|---:|---|");
-    for (name, want) in [("flood", 0.8), ("burst", 0.7), ("balance", 0.5)] {
-        let Some(o) = outcomes.iter().find(|o| o.name == name) else { continue };
-        let Some((m, c)) = ratio(o, ceilings) else {
-            let _ = writeln!(out, "| {name} >= {want} x ceiling | | n/a | | not measured |");
-            continue;
-        };
-        let clean = name != "burst" || (o.summary.errors == 0 && o.invariants_hold());
-        let met = m / c >= want && clean;
-        let _ = writeln!(
+    let find = |name: &str| outcomes.iter().find(|o| o.name == name);
+    let http = ceilings.http.as_ref().map(Summary::requests_per_sec);
+    if let Some(o) = find("burst") {
+        let clean = o.summary.errors == 0 && o.invariants_hold() && o.summary.p99 <= Duration::from_millis(50);
+        let p99 = ms(o.summary.p99);
+        target_row(
             out,
-            "| {name} >= {want} x ceiling{} | {m:.0}/s | {c:.0}/s | {:.2} | {} |",
-            if name == "burst" { " (no errors, invariants hold)" } else { "" },
-            m / c,
-            if met { "yes" } else { "**no**" }
+            &format!("burst >= 1.5 x pgbench COMMIT_SQL (no errors, invariants hold, p99 {p99} <= 50 ms)"),
+            o.summary.successes_per_sec(),
+            ceilings.pg_per_sec,
+            1.5,
+            clean,
         );
     }
+    if let Some(o) = find("flood") {
+        target_row(
+            out,
+            "flood >= 0.8 x trivial actix (project loadgen)",
+            o.summary.requests_per_sec(),
+            http,
+            0.8,
+            true,
+        );
+    }
+    if let Some(w) = ceilings.wrk_flood_per_sec {
+        target_row(out, "flood >= 0.8 x trivial actix (wrk)", w, ceilings.wrk_ceiling_per_sec, 0.8, true);
+    }
+    if let Some(o) = find("balance") {
+        let rps = o.summary.requests_per_sec();
+        target_row(out, "balance >= 0.7 x pgbench balance query", rps, ceilings.pg_balance_per_sec, 0.7, true);
+        target_row(out, "balance vs trivial actix (for reference)", rps, http, 0.0, true);
+    }
     out.push('\n');
+}
+
+fn target_row(out: &mut String, name: &str, measured: f64, ceiling: Option<f64>, want: f64, clean: bool) {
+    match ceiling.filter(|c| *c > 0.0) {
+        Some(c) => {
+            let met = if want == 0.0 {
+                "-"
+            } else if measured / c >= want && clean {
+                "yes"
+            } else {
+                "**no**"
+            };
+            let _ = writeln!(out, "| {name} | {measured:.0}/s | {c:.0}/s | {:.2} | {met} |", measured / c);
+        }
+        None => {
+            let _ = writeln!(out, "| {name} | {measured:.0}/s | n/a | | not measured |");
+        }
+    }
 }
 
 fn invariants(out: &mut String, outcomes: &[Outcome]) {

@@ -56,7 +56,7 @@ pub async fn burst(bench: &Bench, users: &Users, limit: i64, amount: i64) -> any
 
 /// A sold-out code hammered by distinct users (round-robin) for `duration`.
 pub async fn flood(bench: &Bench, users: &Users, duration: Duration) -> anyhow::Result<Outcome> {
-    let code = sold_out_code(bench).await?;
+    let code = sold_out_code(&bench.state, bench.gateway).await?;
     let work = Work::for_duration(duration, use_code_generator(&code, users));
     let summary = drive(bench.gateway, bench.connections, work, &[410]).await?;
     Ok(Outcome::new(bench, "flood", summary, None))
@@ -72,7 +72,7 @@ pub async fn balance(bench: &Bench, users: &Users, duration: Duration) -> anyhow
 /// A burst (half the connections) while the other half keeps up everyday
 /// traffic: balance lookups and attempts on an earlier, sold-out code.
 pub async fn mixed(bench: &Bench, users: &Users, limit: i64, amount: i64) -> anyhow::Result<Vec<Outcome>> {
-    let sold_out = sold_out_code(bench).await?;
+    let sold_out = sold_out_code(&bench.state, bench.gateway).await?;
     let code = setup::new_code(&bench.state, "LG_MIXED", amount, limit).await?;
     let requests: Vec<Request> = users.auth.iter().map(|a| setup::use_code(&code.code, a)).collect();
     let background_work = Work::for_duration(Duration::from_secs(120), blend_generator(&sold_out, users));
@@ -105,11 +105,11 @@ pub async fn http_ceiling(
 
 /// A code with limit 1 whose one slot is already taken (by a user of its
 /// own, not one of the load's), so it answers 410 to everyone.
-async fn sold_out_code(bench: &Bench) -> anyhow::Result<String> {
-    let code = setup::new_code(&bench.state, "LG_SOLD", 1, 1).await?;
-    let winner = setup::create_users(&bench.state, 1).await?;
+pub async fn sold_out_code(state: &AppState, gateway: SocketAddr) -> anyhow::Result<String> {
+    let code = setup::new_code(state, "LG_SOLD", 1, 1).await?;
+    let winner = setup::create_users(state, 1).await?;
     let auth = winner.auth.first().ok_or_else(|| anyhow::anyhow!("no user"))?;
-    let mut conn = Connection::open(bench.gateway).await?;
+    let mut conn = Connection::open(gateway).await?;
     let status = conn.send(&setup::use_code(&code.code, auth)).await;
     anyhow::ensure!(status == 200, "priming the sold-out code answered {status}");
     Ok(code.code)

@@ -2,6 +2,7 @@
 //! commit (one statement: redemption + wallet + ledger), and the service that
 //! orders them. Only `service` knows both the gate and the commit.
 
+pub mod batcher;
 pub mod commit;
 pub mod gate;
 pub mod routes;

@@ -60,6 +60,11 @@ pub async fn use_code(
     let key = IdempotencyKey::from_request(&req)?;
     let name = CodeName::parse(&body.code)?;
     let state = state.into_inner();
+    if key.is_none() {
+        if let Some(answer) = service::sold_out_from_memory(&state, &name) {
+            return Err(answer);
+        }
+    }
     let Some(key) = key else {
         return Ok(HttpResponse::Ok().json(redeem(&state, user, &addr, name, None).await?));
     };

@@ -11,6 +11,7 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use super::batcher::Row;
 use super::commit::{self, Committed, PastRedemption};
 use super::gate::{Claim, Release};
 use crate::codes::cache::LocalReject;
@@ -196,6 +197,24 @@ pub async fn redeem(state: &Arc<AppState>, user_id: i64, name: &CodeName) -> Res
     }
 }
 
+/// The answer to POST /codes/use when memory alone gives it: a fresh cached
+/// credit code, open now, that this gateway saw sold out. The same answer,
+/// counts and metrics as `redeem` would give, without a task, Redis or
+/// Postgres; `None` means take the full path.
+pub fn sold_out_from_memory(state: &AppState, name: &CodeName) -> Option<ApiError> {
+    let code = state.codes.fresh(name.as_str())?;
+    if code.code.kind != CodeKind::Credit
+        || code.code.check_redeemable(Utc::now()).is_err()
+        || !code.hints.is_sold_out()
+    {
+        return None;
+    }
+    code.hints.count(LocalReject::SoldOut);
+    let answer: Result<(), ApiError> = Err(ApiError::SoldOut);
+    record_outcome(state, name, &answer);
+    answer.err()
+}
+
 /// POST /codes/use under an `Idempotency-Key`. `earlier` is when the key was
 /// first used, if an attempt under it ended without a final answer (a 503, or
 /// its gateway died): that attempt may have committed while its gateway saw
@@ -260,8 +279,8 @@ async fn redeem_credit(state: &Arc<AppState>, user_id: i64, name: &CodeName) -> 
     through_gate(state, &code, user_id, &user_id.to_string(), |ticket| {
         let name = name.clone();
         async move {
-            let db = state.pg.get().await?;
-            Ok(match commit::commit(&db, code_id, user_id, ticket).await? {
+            let row = Row { code_id, user_id, ticket };
+            Ok(match state.commits.commit(row).await? {
                 Committed::Credited { amount, balance, .. } => Commit::Done(Redeemed { code: name, amount, balance }),
                 Committed::AlreadyRedeemed => Commit::AlreadyHeld,
                 Committed::TicketTaken => Commit::TicketTaken,

@@ -13,9 +13,12 @@ use crate::db::StoreError;
 pub const SERVICE_CREDIT: &str = "service_credit";
 pub const SERVICE_DEBIT: &str = "service_debit";
 
+/// Public so the benchmark's pgbench ceiling runs the very same query.
+pub const BALANCE_SQL: &str = "SELECT balance FROM wallets WHERE user_id = $1";
+
 /// The balance of a user (0 for one who never received anything).
 pub async fn balance(db: &impl GenericClient, user_id: i64) -> Result<i64, StoreError> {
-    let stmt = db.prepare_cached("SELECT balance FROM wallets WHERE user_id = $1").await?;
+    let stmt = db.prepare_cached(BALANCE_SQL).await?;
     Ok(db.query_opt(&stmt, &[&user_id]).await?.map(|r| r.get(0)).unwrap_or(0))
 }
 
