@@ -6,5 +6,6 @@ pub mod commit;
 pub mod gate;
 pub mod routes;
 pub mod service;
+pub mod touched;
 
 pub use gate::Gate;
