@@ -9,7 +9,7 @@ use std::time::Instant;
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 
-use super::touched::{RecentMarks, TOUCH_EVERY, TOUCH_SLACK};
+use super::touched::{self, RecentMarks};
 use crate::codes::{Code, NotNow};
 use crate::config::Config;
 use crate::error::ApiError;
@@ -275,7 +275,7 @@ impl Gate {
         let k = self.keys(code);
         let mut conn = self.conn.clone();
         let mut reply: Vec<i64> = vec![];
-        for _ in 0..2 {
+        for _ in 0..3 {
             let deadline = match self.marks.deadline_ms(code) {
                 Some(deadline) => deadline,
                 None => self.mark(code).await?,
@@ -320,7 +320,7 @@ impl Gate {
         let mut conn = self.conn.clone();
         let at: i64 = self.touch.key(self.touched_key()).arg(code).invoke_async(&mut conn).await?;
         self.marks.record(code, sent, at);
-        Ok(at + (TOUCH_EVERY + TOUCH_SLACK / 2).as_millis() as i64)
+        Ok(touched::deadline_of(at))
     }
 
     /// Marks `code` as touched, unless this process did so within `TOUCH_EVERY`

@@ -7,11 +7,14 @@
 //! The argument that no pending claim escapes the index: a claim carries the
 //! deadline of the mark that covers it (`deadline_ms`), and claim.lua refuses
 //! to run past it (the gateway then marks afresh and claims again). So every
-//! claim runs in Redis at most `TOUCH_EVERY + TOUCH_SLACK / 2` after a mark
-//! of its code, by Redis's one clock, however long the gateway stalled in
+//! claim runs in Redis at most `TOUCH_EVERY + CLAIM_SLACK` after a mark of
+//! its code, by Redis's one clock, however long the gateway stalled in
 //! between. The reconciler removes a mark only if it is older than
-//! `TOUCH_EVERY + TOUCH_SLACK` when its pass starts and the code, read after
-//! that, has no pending claim: every claim that mark covered has run by then.
+//! `TOUCH_EVERY + CLAIM_SLACK + REMOVAL_MARGIN` when its pass starts and the
+//! code, read after that, has no pending claim: every claim that mark
+//! covered has run by then. (The slack is generous so that a gateway on an
+//! overloaded machine, stalled between its mark and its claim, rarely has to
+//! mark again.)
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -19,14 +22,21 @@ use std::time::{Duration, Instant};
 
 /// A gateway marks a code at most this often.
 pub const TOUCH_EVERY: Duration = Duration::from_secs(1);
-/// Margin between a claim's deadline and the reconciler's removal of the mark.
-pub const TOUCH_SLACK: Duration = Duration::from_secs(4);
+/// How long after its mark's freshness ends a claim may still run under it.
+pub const CLAIM_SLACK: Duration = Duration::from_secs(10);
+/// Margin between the last deadline under a mark and its removal.
+const REMOVAL_MARGIN: Duration = Duration::from_secs(5);
 /// Marks remembered at most; beyond that, the stale ones are forgotten.
 const MAX_REMEMBERED: usize = 50_000;
 
 /// How old (ms) a mark must be before the reconciler may remove it.
 pub fn removable_after_ms() -> i64 {
-    (TOUCH_EVERY + TOUCH_SLACK).as_millis() as i64
+    (TOUCH_EVERY + CLAIM_SLACK + REMOVAL_MARGIN).as_millis() as i64
+}
+
+/// The deadline (Redis ms) of claims under a mark made at `mark_ms`.
+pub fn deadline_of(mark_ms: i64) -> i64 {
+    mark_ms + (TOUCH_EVERY + CLAIM_SLACK).as_millis() as i64
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -49,7 +59,7 @@ impl RecentMarks {
     pub fn deadline_ms(&self, code: &str) -> Option<i64> {
         let marks = self.marks.lock().ok()?;
         let mark = marks.get(code)?;
-        (mark.sent.elapsed() < TOUCH_EVERY).then(|| mark.redis_ms + (TOUCH_EVERY + TOUCH_SLACK / 2).as_millis() as i64)
+        (mark.sent.elapsed() < TOUCH_EVERY).then(|| deadline_of(mark.redis_ms))
     }
 
     /// Records a mark that Redis answered; `sent` is when it was sent.
@@ -78,7 +88,7 @@ mod tests {
         let marks = RecentMarks::default();
         assert_eq!(marks.deadline_ms("A"), None);
         marks.record("A", Instant::now(), 1_000);
-        assert_eq!(marks.deadline_ms("A"), Some(1_000 + 3_000));
+        assert_eq!(marks.deadline_ms("A"), Some(1_000 + 11_000));
         assert!(marks.deadline_ms("A").unwrap() < 1_000 + removable_after_ms(), "removal waits past every deadline");
         marks.forget("A");
         assert_eq!(marks.deadline_ms("A"), None);

@@ -83,7 +83,7 @@ async fn a_pass_over_many_idle_codes_works_only_on_the_ones_that_changed() {
 
     // Settled codes leave the index once their marks are older than any claim
     // they could cover; then a pass has nothing of them left to do.
-    tokio::time::sleep(Duration::from_millis(5_200)).await;
+    tokio::time::sleep(Duration::from_millis(16_200)).await;
     let stats = pass(&app).await;
     assert_eq!((stats.codes_touched, stats.codes_settled, stats.codes_worked), (3, 3, 0), "{stats:?}");
     let stats = pass(&app).await;
