@@ -135,6 +135,36 @@ async fn drift_on_codes_nothing_marked_is_found_by_the_slow_sweep_within_a_round
     assert_eq!(app.use_code(&token, paused_drift).await.status, 200);
 }
 
+/// A PATCH that committed in Postgres but whose gate write was lost (and its
+/// touch mark with it) is found through Postgres's change feed on the next
+/// pass, though the slow sweep would take hundreds of passes to reach it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_change_the_gate_missed_is_found_through_the_change_feed() {
+    let app = spawn_app_with(&[("RECONCILE_SWEEP_CODES", "1")]).await;
+    bulk_codes(&app, "FILLER", 300).await;
+    app.create_code("FEED", 10, 10).await;
+    let admin = app.admin_token();
+    let res = app.request(reqwest::Method::PATCH, "/admin/codes/FEED", Some(json!({"limit": 20})), Some(&admin)).await;
+    assert_eq!(res.status, 200, "{:?}", res.body);
+    // As if Redis had lost that write, and the mark in the touched index too.
+    let mut redis = app.redis().await;
+    redis::cmd("HSET")
+        .arg(app.key("FEED", "meta"))
+        .arg("limit")
+        .arg(10)
+        .arg("limit_version")
+        .arg(0)
+        .query_async::<()>(&mut redis)
+        .await
+        .unwrap();
+    redis::cmd("DEL").arg(format!("{}:touched", app.prefix)).query_async::<()>(&mut redis).await.unwrap();
+
+    let stats = pass(&app).await;
+    assert_eq!((stats.codes_changed, stats.limits_repaired), (1, 1), "{stats:?}");
+    assert!(stats.codes_checked <= 2, "the feed's code and the slice's one: {stats:?}");
+    assert_eq!(app.state.gate.snapshot("FEED").await.unwrap().unwrap().limit, 20);
+}
+
 /// The first reconciler run of a starting gateway is held up (a row it must
 /// delete is locked): the gateway still answers /healthz, and serves a code
 /// whose gate state Redis lost, through the on-demand rebuild.
