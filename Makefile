@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 SERVICES := scripts/services.sh
 
-.PHONY: run test test-e2e client-check services-up services-down services-status migrate create-code token reconcile build lint fmt clean-data fuzz fuzz-smoke audit bench bench-smoke soak sim-ci
+.PHONY: run test test-e2e client-check services-up services-down services-status migrate create-code token reconcile build lint fmt clean-data fuzz fuzz-smoke audit bench bench-scale bench-smoke soak sim-ci
 
 ## .env from .env.example, with the local database password and a random JWT secret.
 .env:
@@ -69,6 +69,10 @@ test-e2e: services-up
 ## Benchmark: gateway vs HTTP/Redis/Postgres ceilings; writes bench/results/latest.md.
 bench: services-up
 	scripts/bench.sh
+
+## Flat cost at scale: 100,000 active codes and 1,000,000 users vs a small case; writes bench/results/scale.md.
+bench-scale: services-up
+	scripts/bench-scale.sh
 
 ## The load generator's smoke test (tiny burst, invariants checked); also part of `make test`.
 bench-smoke: services-up

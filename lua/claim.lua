@@ -16,6 +16,8 @@
 --                        and the audit can tell whether a ticket is held
 -- ARGV[1] holder: a user id (credit codes, vouchers) or an order (coupons)
 -- ARGV[2] grace period (ms): a claim pending for longer is presumed abandoned
+-- ARGV[3] optional: the deadline (Redis ms) of the touch mark that covers this
+--         claim (src/redemption/touched.rs); past it nothing is taken
 --
 -- Returns {1, ticket} claimed | {2} already claimed by this user | {3} sold out
 --       | {4} state missing (Redis lost it; the caller answers 503 and rebuilds)
@@ -23,6 +25,7 @@
 --         (its gateway probably died): the caller settles it against Postgres
 --       | {6, reason} the code is paused / ended / not started / expired
 --         (1 / 2 / 3 / 4), by Redis's clock: nothing taken
+--       | {7} the touch mark's deadline has passed: mark afresh, then claim
 --
 -- Invariant: every ticket handed out is in [0, limit) and held by at most one
 -- holder at a time; a holder holds at most one ticket per code; claims and
@@ -39,6 +42,9 @@ if not limit then
 end
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+-- A claim runs only under a fresh mark in the reconciler's index of touched
+-- codes, so a gateway that dies holding it has left the code there.
+if ARGV[3] and now_ms > tonumber(ARGV[3]) then return {7} end
 
 -- The operator's controls bind here on every gateway at once, whatever a
 -- gateway's cache still believes (the commit checks them again, by the

@@ -84,6 +84,10 @@ pub struct Config {
     /// How long a code seen sold out is refused without asking Redis.
     pub sold_out_cache_ttl: Duration,
     pub reconcile_interval: Duration,
+    /// Active codes the reconciler's slow sweep looks at per pass (besides
+    /// the codes that changed), so that drift nothing marked is still found:
+    /// every active code within ceil(active codes / this) passes.
+    pub reconcile_sweep_codes: i64,
     /// A pending claim older than this with no Postgres row is released.
     pub claim_grace: Duration,
     pub log_format: LogFormat,
@@ -261,6 +265,7 @@ impl Config {
             code_cache_ttl: Duration::from_millis(vars.parse("CODE_CACHE_TTL_MS", 2_000)?),
             sold_out_cache_ttl: Duration::from_millis(vars.parse("SOLD_OUT_CACHE_MS", 500)?),
             reconcile_interval: Duration::from_secs(vars.parse("RECONCILE_INTERVAL_SECONDS", 5)?),
+            reconcile_sweep_codes: vars.parse("RECONCILE_SWEEP_CODES", 1_000)?,
             claim_grace: Duration::from_secs(vars.parse("CLAIM_GRACE_SECONDS", 30)?),
             log_format,
             rate_limits: RateLimits {
@@ -358,6 +363,12 @@ impl Config {
             if value == 0 {
                 return Err(ConfigError::Invalid { name, reason: "must be at least 1".into() });
             }
+        }
+        if !(1..=100_000).contains(&self.reconcile_sweep_codes) {
+            return Err(ConfigError::Invalid {
+                name: "RECONCILE_SWEEP_CODES",
+                reason: "must be between 1 and 100000".into(),
+            });
         }
         if self.claim_grace <= self.pg_statement_timeout {
             // A commit still running when its claim is swept would cost a retry.

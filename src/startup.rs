@@ -25,15 +25,16 @@ pub struct Application {
 }
 
 impl Application {
-    /// Migrates, connects, reconciles once, starts the background tasks and
-    /// binds `HTTP_ADDR` (port 0 picks a free one, for tests).
+    /// Migrates, connects, starts the background tasks (the reconciler's
+    /// first run among them) and binds `HTTP_ADDR` (port 0 picks a free one,
+    /// for tests). No reconciler pass before listening: with many codes it
+    /// would keep a restarted gateway deaf for minutes, and nothing needs it
+    /// first (a claim that finds no gate state asks for an on-demand rebuild
+    /// and answers 503; a dead gateway's claims wait CLAIM_GRACE_SECONDS anyway).
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         crate::telemetry::prometheus();
         db::migrate(&config).await?;
         let state = AppState::connect(config).await?;
-        // Before taking traffic: rebuild any gate state Redis lost, release
-        // claims whose gateway died.
-        reconciler::run_guarded(&state).await;
         let scheduler = reconciler::schedule(state.clone()).await?;
         spawn_rejection_flusher(state.clone());
         spawn_disabled_users_reload(state.clone()).await;

@@ -3,7 +3,7 @@
 //! do not import `startup`, which composes them.
 
 use std::collections::HashSet;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 
 use crate::auth::TokenKeys;
@@ -29,6 +29,9 @@ pub struct AppState {
     pub rebuilding: Mutex<HashSet<i64>>,
     /// A reconciler run is in progress in this process.
     pub reconciling: AtomicBool,
+    /// Guarded reconciler runs this process has finished (whatever their
+    /// outcome): `serve` starts its first one after it listens.
+    pub reconciler_runs: AtomicU64,
     /// Users whose tokens are refused (see auth::disabled).
     pub disabled_users: crate::auth::disabled::DisabledUsers,
     /// Held while local rejection counts are moved to Redis.
@@ -57,6 +60,7 @@ impl AppState {
             commits,
             rebuilding: Mutex::new(HashSet::new()),
             reconciling: AtomicBool::new(false),
+            reconciler_runs: AtomicU64::new(0),
             flushing: tokio::sync::Mutex::new(()),
             disabled_users: Default::default(),
             hashing: crate::auth::hash_queue::HashQueue::per_cpu(config.limits.hash_queue, config.limits.hash_wait),

@@ -1,8 +1,6 @@
 //! Codes and their redemptions in Postgres (except the commit itself, which
 //! lives with the redemption path).
 
-use std::collections::HashMap;
-
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 use tokio_postgres::error::SqlState;
@@ -104,18 +102,6 @@ pub async fn codes_changed_within(db: &impl GenericClient, seconds: f64, max: i6
     Ok(db.query(&stmt, &[&seconds, &max]).await?.iter().map(code_from_row).collect())
 }
 
-/// Codes the reconciler looks after: active, and not ended more than a day ago.
-pub async fn active_codes(db: &impl GenericClient) -> Result<Vec<Code>, StoreError> {
-    let stmt = db
-        .prepare_cached(&format!(
-            "SELECT {CODE_COLUMNS} FROM codes
-             WHERE status = 'active' AND (ends_at IS NULL OR ends_at > now() - interval '1 day')
-             ORDER BY id"
-        ))
-        .await?;
-    Ok(db.query(&stmt, &[]).await?.iter().map(code_from_row).collect())
-}
-
 pub async fn list_codes(
     db: &impl GenericClient,
     kind: Option<CodeKind>,
@@ -199,20 +185,79 @@ pub async fn gate_truth(db: &impl GenericClient, code_id: i64) -> Result<Option<
     }))
 }
 
-/// `GateTruth` of every code the reconciler looks after (as `active_codes`), in one query.
-pub async fn active_gate_truths(db: &impl GenericClient) -> Result<HashMap<i64, GateTruth>, StoreError> {
-    let stmt = db
-        .prepare_cached(
-            "SELECT id, redemption_limit, limit_version, slot_changes FROM codes
-             WHERE status = 'active' AND (ends_at IS NULL OR ends_at > now() - interval '1 day')",
-        )
-        .await?;
-    Ok(db
-        .query(&stmt, &[])
-        .await?
-        .iter()
-        .map(|r| (r.get(0), GateTruth { limit: r.get(1), limit_version: r.get(2), slot_changes: r.get(3) }))
-        .collect())
+/// A code as the reconciler reads it: the row, what the gate must agree with,
+/// and the counters last written back.
+#[derive(Debug, Clone)]
+pub struct ReconcileRow {
+    pub code: Code,
+    pub truth: GateTruth,
+    pub synced_remaining: Option<i32>,
+    pub synced_rejections: serde_json::Value,
+}
+
+fn reconcile_row(row: &Row) -> ReconcileRow {
+    let n = CODE_COLUMN_COUNT;
+    ReconcileRow {
+        code: code_from_row(row),
+        truth: GateTruth { limit: row.get(4), limit_version: row.get(n), slot_changes: row.get(n + 1) },
+        synced_remaining: row.get(n + 2),
+        synced_rejections: row.get(n + 3),
+    }
+}
+
+async fn reconcile_rows(
+    db: &impl GenericClient,
+    condition: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<Vec<ReconcileRow>, StoreError> {
+    let sql = format!(
+        "SELECT {CODE_COLUMNS}, limit_version, slot_changes, synced_remaining, synced_rejections
+         FROM codes WHERE {condition}"
+    );
+    let stmt = db.prepare_cached(&sql).await?;
+    Ok(db.query(&stmt, params).await?.iter().map(reconcile_row).collect())
+}
+
+/// The reconciler's rows of the codes named (the index of touched codes).
+pub async fn reconcile_rows_named(db: &impl GenericClient, names: &[String]) -> Result<Vec<ReconcileRow>, StoreError> {
+    if names.is_empty() {
+        return Ok(vec![]);
+    }
+    reconcile_rows(db, "code = ANY($1) ORDER BY id", &[&names]).await
+}
+
+/// The change feed: codes an operator changed (limit, status, window) or
+/// whose tickets Postgres freed (a coupon cancel) in the last `seconds`, by
+/// the database's clock, whatever their status; at most `max`, newest first.
+pub async fn reconcile_rows_changed(
+    db: &impl GenericClient,
+    seconds: f64,
+    max: i64,
+) -> Result<Vec<ReconcileRow>, StoreError> {
+    reconcile_rows(
+        db,
+        "(updated_at >= now() - make_interval(secs => $1) AND updated_at > created_at)
+            OR slot_changed_at >= now() - make_interval(secs => $1)
+         ORDER BY greatest(updated_at, slot_changed_at) DESC LIMIT $2",
+        &[&seconds, &max],
+    )
+    .await
+}
+
+/// The slow sweep's slice: the next `max` codes the reconciler looks after
+/// (active, and not ended more than a day ago) with an id above `after_id`.
+pub async fn reconcile_rows_active_after(
+    db: &impl GenericClient,
+    after_id: i64,
+    max: i64,
+) -> Result<Vec<ReconcileRow>, StoreError> {
+    reconcile_rows(
+        db,
+        "id > $1 AND status = 'active' AND (ends_at IS NULL OR ends_at > now() - interval '1 day')
+         ORDER BY id LIMIT $2",
+        &[&after_id, &max],
+    )
+    .await
 }
 
 /// The highest ticket in use (committed), if any: a limit may not go below it.

@@ -3,10 +3,13 @@
 //! nothing of Postgres.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
 
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 
+use super::touched::{self, RecentMarks};
 use crate::codes::{Code, NotNow};
 use crate::config::Config;
 use crate::error::ApiError;
@@ -193,6 +196,10 @@ pub struct Gate {
     cancel: Script,
     audit: Script,
     set_status: Script,
+    touch: Script,
+    untouch: Script,
+    /// This process's recent marks in the index of touched codes (touched.rs).
+    marks: Arc<RecentMarks>,
 }
 
 impl Gate {
@@ -210,6 +217,9 @@ impl Gate {
             cancel: Script::new(include_str!("../../lua/cancel.lua")),
             audit: Script::new(include_str!("../../lua/audit.lua")),
             set_status: Script::new(include_str!("../../lua/set_status.lua")),
+            touch: Script::new(include_str!("../../lua/touch.lua")),
+            untouch: Script::new(include_str!("../../lua/untouch.lua")),
+            marks: Arc::new(RecentMarks::default()),
         };
         gate.load_scripts().await?;
         Ok(gate)
@@ -219,9 +229,17 @@ impl Gate {
     /// too, e.g. after a Redis restart.)
     async fn load_scripts(&self) -> Result<(), GateError> {
         let mut conn = self.conn.clone();
-        for script in
-            [&self.claim, &self.release, &self.install, &self.set_limit, &self.cancel, &self.audit, &self.set_status]
-        {
+        for script in [
+            &self.claim,
+            &self.release,
+            &self.install,
+            &self.set_limit,
+            &self.cancel,
+            &self.audit,
+            &self.set_status,
+            &self.touch,
+            &self.untouch,
+        ] {
             script.prepare_invoke().load_async(&mut conn).await?;
         }
         Ok(())
@@ -251,22 +269,37 @@ impl Gate {
     }
 
     /// Claims a slot of `code` for `holder` (a user id, or an order for coupons).
+    /// Under a fresh mark in the index of touched codes (touched.rs): a
+    /// gateway that dies holding the claim has left the code there.
     pub async fn claim(&self, code: &str, holder: &str) -> Result<Claim, GateError> {
         let k = self.keys(code);
         let mut conn = self.conn.clone();
-        let reply: Vec<i64> = self
-            .claim
-            .key(&k.meta)
-            .key(&k.claims)
-            .key(&k.pending)
-            .key(&k.free)
-            .key(&k.stats)
-            .key(&k.dropped)
-            .key(&k.owners)
-            .arg(holder)
-            .arg(self.claim_grace_ms)
-            .invoke_async(&mut conn)
-            .await?;
+        let mut reply: Vec<i64> = vec![];
+        for _ in 0..3 {
+            let deadline = match self.marks.deadline_ms(code) {
+                Some(deadline) => deadline,
+                None => self.mark(code).await?,
+            };
+            reply = self
+                .claim
+                .key(&k.meta)
+                .key(&k.claims)
+                .key(&k.pending)
+                .key(&k.free)
+                .key(&k.stats)
+                .key(&k.dropped)
+                .key(&k.owners)
+                .arg(holder)
+                .arg(self.claim_grace_ms)
+                .arg(deadline)
+                .invoke_async(&mut conn)
+                .await?;
+            if reply != [7] {
+                break;
+            }
+            // The mark went stale on the way (this process stalled): mark afresh.
+            self.marks.forget(code);
+        }
         Ok(match reply.as_slice() {
             [1, ticket] => Claim::Granted { ticket: *ticket as i32 },
             [2] => Claim::AlreadyClaimed,
@@ -278,6 +311,78 @@ impl Gate {
             [6, 4] => Claim::NotNow(NotNow::Expired),
             _ => Claim::StateMissing,
         })
+    }
+
+    /// Marks `code` in the index of touched codes now; returns the deadline
+    /// (Redis ms) a claim under this mark must run by.
+    async fn mark(&self, code: &str) -> Result<i64, GateError> {
+        let sent = Instant::now();
+        let mut conn = self.conn.clone();
+        let at: i64 = self.touch.key(self.touched_key()).arg(code).invoke_async(&mut conn).await?;
+        self.marks.record(code, sent, at);
+        Ok(touched::deadline_of(at))
+    }
+
+    /// Marks `code` as touched, unless this process did so within `TOUCH_EVERY`
+    /// (`always`: mark in any case, after a change the reconciler must see).
+    /// A failure is logged only: the reconciler's slow sweep finds what a
+    /// lost mark hides.
+    pub async fn touch(&self, code: &str, always: bool) {
+        if always || self.marks.deadline_ms(code).is_none() {
+            if let Err(e) = self.mark(code).await {
+                tracing::debug!(code, error = %e, "touch mark not written; left to the slow sweep");
+            }
+        }
+    }
+
+    fn touched_key(&self) -> String {
+        format!("{}:touched", self.prefix)
+    }
+
+    /// The oldest `max` marks of the index of touched codes: (code, Redis ms).
+    pub async fn touched(&self, max: usize) -> Result<Vec<(String, i64)>, GateError> {
+        if max == 0 {
+            return Ok(vec![]);
+        }
+        let mut conn = self.conn.clone();
+        let marks: Vec<(String, f64)> = redis::cmd("ZRANGE")
+            .arg(self.touched_key())
+            .arg(0)
+            .arg(max - 1)
+            .arg("WITHSCORES")
+            .query_async(&mut conn)
+            .await?;
+        Ok(marks.into_iter().map(|(code, at)| (code, at as i64)).collect())
+    }
+
+    /// Removes settled codes from the index, each only if its mark is still
+    /// the one read (lua/untouch.lua). Returns how many went.
+    pub async fn untouch(&self, marks: &[(String, i64)]) -> Result<usize, GateError> {
+        let mut conn = self.conn.clone();
+        let mut removed = 0;
+        for chunk in marks.chunks(500) {
+            let mut inv = self.untouch.prepare_invoke();
+            inv.key(self.touched_key());
+            for (code, at) in chunk {
+                inv.arg(code).arg(at);
+            }
+            removed += inv.invoke_async::<usize>(&mut conn).await?;
+        }
+        Ok(removed)
+    }
+
+    /// Where the reconciler's slow sweep over all active codes stands (the
+    /// last code id it looked at; 0 = start).
+    pub async fn sweep_cursor(&self) -> Result<i64, GateError> {
+        let mut conn = self.conn.clone();
+        let at: Option<i64> = conn.get(format!("{}:reconciler:sweep_after", self.prefix)).await?;
+        Ok(at.unwrap_or(0))
+    }
+
+    pub async fn set_sweep_cursor(&self, after_id: i64) -> Result<(), GateError> {
+        let mut conn = self.conn.clone();
+        conn.set::<_, _, ()>(format!("{}:reconciler:sweep_after", self.prefix), after_id).await?;
+        Ok(())
     }
 
     /// Undoes a claim (see `Release`). Returns whether anything changed.
@@ -425,35 +530,58 @@ impl Gate {
             let mut pipe = redis::pipe();
             pipe.persist(&k.claims).ignore().persist(&k.free).ignore().persist(&k.owners).ignore();
             pipe.query_async::<()>(&mut conn).await?;
+            self.touch(code, true).await; // an install calls for an audit
         }
         Ok(installed == 1)
     }
 
     pub async fn snapshot(&self, code: &str) -> Result<Option<GateSnapshot>, GateError> {
-        let k = self.keys(code);
+        Ok(self.snapshots(&[code]).await?.pop().flatten())
+    }
+
+    /// The snapshots of many codes, pipelined (the reconciler's batch read).
+    pub async fn snapshots<S: AsRef<str>>(&self, codes: &[S]) -> Result<Vec<Option<GateSnapshot>>, GateError> {
         let mut conn = self.conn.clone();
-        #[allow(clippy::type_complexity)]
-        let (meta, free, claims, pending, dropped, rejections): (
-            HashMap<String, String>,
-            i64,
-            i64,
-            i64,
-            i64,
-            HashMap<String, i64>,
-        ) = redis::pipe()
-            .hgetall(&k.meta)
-            .llen(&k.free)
-            .hlen(&k.claims)
-            .zcard(&k.pending)
-            .zcard(&k.dropped)
-            .hgetall(&k.stats)
-            .query_async(&mut conn)
-            .await?;
+        let mut out = Vec::with_capacity(codes.len());
+        for chunk in codes.chunks(500) {
+            let mut pipe = redis::pipe();
+            for code in chunk {
+                let k = self.keys(code.as_ref());
+                pipe.hgetall(&k.meta)
+                    .llen(&k.free)
+                    .hlen(&k.claims)
+                    .zcard(&k.pending)
+                    .zcard(&k.dropped)
+                    .hgetall(&k.stats);
+            }
+            let parts: Vec<SnapshotParts> = {
+                let flat: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
+                let mut parts = Vec::with_capacity(chunk.len());
+                let mut values = flat.into_iter();
+                while let (Some(m), Some(f), Some(c), Some(p), Some(d), Some(r)) =
+                    (values.next(), values.next(), values.next(), values.next(), values.next(), values.next())
+                {
+                    let group = redis::Value::Array(vec![m, f, c, p, d, r]);
+                    parts.push(
+                        <SnapshotParts as redis::FromRedisValue>::from_redis_value(group)
+                            .map_err(redis::RedisError::from)?,
+                    );
+                }
+                parts
+            };
+            out.extend(parts.into_iter().map(snapshot_from));
+        }
+        Ok(out)
+    }
+}
+
+type SnapshotParts = (HashMap<String, String>, i64, i64, i64, i64, HashMap<String, i64>);
+
+fn snapshot_from((meta, free, claims, pending, dropped, rejections): SnapshotParts) -> Option<GateSnapshot> {
+    {
         let field = |name: &str| meta.get(name).and_then(|v| v.parse::<i64>().ok());
-        let Some(limit) = field("limit") else {
-            return Ok(None);
-        };
-        Ok(Some(GateSnapshot {
+        let limit = field("limit")?;
+        Some(GateSnapshot {
             limit,
             next: field("next").unwrap_or(0),
             free,
@@ -468,9 +596,11 @@ impl Gate {
             audit_in_progress: meta.contains_key("audit_at"),
             status: meta.get("status").cloned(),
             status_rev: field("status_rev"),
-        }))
+        })
     }
+}
 
+impl Gate {
     /// Installs empty state for brand-new codes (bulk creation), pipelined.
     pub async fn install_fresh(&self, codes: &[String], limit: i32, controls: &Controls) -> Result<(), GateError> {
         let mut conn = self.conn.clone();
@@ -523,6 +653,9 @@ impl Gate {
                 .await?;
             applied |= done == 1;
             if left == 0 {
+                if applied {
+                    self.touch(code, true).await; // the audit checks the new limit
+                }
                 return Ok(applied);
             }
         }
@@ -533,7 +666,10 @@ impl Gate {
     pub async fn give_back(&self, code: &str, holder: &str, ticket: i32) -> Result<bool, GateError> {
         let k = self.keys(code);
         let mut conn = self.conn.clone();
+        self.touch(code, false).await;
         let given: i64 = self.cancel.key(&k.live()[..]).arg(holder).arg(ticket).invoke_async(&mut conn).await?;
+        // A forgotten claim marks the code for the audit: the reconciler must see it.
+        self.touch(code, true).await;
         Ok(given > 0)
     }
 
@@ -670,6 +806,9 @@ impl Gate {
             .arg(controls.rev)
             .invoke_async(&mut conn)
             .await?;
+        if written == 1 {
+            self.touch(code, true).await;
+        }
         Ok(written == 1)
     }
 
@@ -686,6 +825,7 @@ impl Gate {
         if counts.is_empty() {
             return Ok(());
         }
+        self.touch(code, false).await; // the reconciler writes the counts back to Postgres
         let k = self.keys(code);
         let mut pipe = redis::pipe();
         for (reason, n) in counts {

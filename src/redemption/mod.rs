@@ -7,5 +7,6 @@ pub mod commit;
 pub mod gate;
 pub mod routes;
 pub mod service;
+pub mod touched;
 
 pub use gate::Gate;

@@ -61,17 +61,40 @@ pub async fn spawn_app_via(overrides: &[(&str, &str)], proxy_port: Option<u16>) 
         database_url = database_url.replace(&format!(":{real_port}/"), &format!(":{port}/"));
     }
     let prefix = format!("t_{id}");
+    let config = test_config(&database_url, &redis_url, &prefix, overrides);
+    let app = Application::build(config).await.expect("app builds");
+    let port = app.port();
+    let metrics_port = app.metrics_port().unwrap_or(0);
+    let state = app.state();
+    tokio::spawn(app.run_until_stopped());
+    // The start-up run would race the tests' own runs: let it finish first.
+    wait_for_reconciler_runs(&state, 1).await;
+    TestApp {
+        address: format!("http://127.0.0.1:{port}"),
+        metrics_address: format!("http://127.0.0.1:{metrics_port}"),
+        client: reqwest::Client::builder().pool_max_idle_per_host(2048).build().unwrap(),
+        state,
+        database,
+        server_url,
+        redis_url,
+        prefix,
+    }
+}
+
+/// The configuration of a test app on `database_url` with key prefix `prefix`.
+fn test_config(database_url: &str, redis_url: &str, prefix: &str, overrides: &[(&str, &str)]) -> Config {
     let mut vars: HashMap<String, String> = [
         ("APP_ENV", "dev"),
         ("HTTP_ADDR", "127.0.0.1:0"),
         ("HTTP_WORKERS", "2"),
-        ("DATABASE_URL", database_url.as_str()),
-        ("REDIS_URL", redis_url.as_str()),
-        ("REDIS_KEY_PREFIX", prefix.as_str()),
+        ("DATABASE_URL", database_url),
+        ("REDIS_URL", redis_url),
+        ("REDIS_KEY_PREFIX", prefix),
         ("JWT_SECRET", SECRET),
         ("PG_POOL_SIZE", "16"),
         // The periodic reconciler would race the tests' own assertions; tests
-        // run it by hand. (Start-up still runs it once.)
+        // run it by hand. (Start-up still runs it once, in the background:
+        // spawn_app waits for that run, see below.)
         ("RECONCILE_INTERVAL_SECONDS", "3600"),
         // Tests fire thousands of requests from one address; the abuse tests
         // turn the limits on.
@@ -85,22 +108,19 @@ pub async fn spawn_app_via(overrides: &[(&str, &str)], proxy_port: Option<u16>) 
     for (k, v) in overrides {
         vars.insert(k.to_string(), v.to_string());
     }
-    let config = Config::from_lookup(|name| vars.get(name).cloned()).expect("test config");
-    let app = Application::build(config).await.expect("app builds");
-    let port = app.port();
-    let metrics_port = app.metrics_port().unwrap_or(0);
-    let state = app.state();
-    tokio::spawn(app.run_until_stopped());
-    TestApp {
-        address: format!("http://127.0.0.1:{port}"),
-        metrics_address: format!("http://127.0.0.1:{metrics_port}"),
-        client: reqwest::Client::builder().pool_max_idle_per_host(2048).build().unwrap(),
-        state,
-        database,
-        server_url,
-        redis_url,
-        prefix,
+    Config::from_lookup(|name| vars.get(name).cloned()).expect("test config")
+}
+
+/// Waits until `state` has finished `n` guarded reconciler runs (60 s at most).
+pub async fn wait_for_reconciler_runs(state: &AppState, n: u64) {
+    use std::sync::atomic::Ordering;
+    for _ in 0..600 {
+        if state.reconciler_runs.load(Ordering::Acquire) >= n {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+    panic!("the reconciler did not finish {n} run(s) within 60 s");
 }
 
 /// host:port of the test PostgreSQL (what a proxy forwards to).
@@ -311,6 +331,13 @@ impl TestApp {
 
     pub async fn ledger_rows_of(&self, user_id: i64) -> i64 {
         self.query_i64("SELECT count(*) FROM ledger WHERE user_id = $1", &[&user_id]).await
+    }
+
+    /// The configuration of a second gateway beside this one: the same
+    /// database and Redis key prefix (another process of the same deployment).
+    pub fn config_beside(&self, overrides: &[(&str, &str)]) -> Config {
+        let database_url = crate::local_pg::with_database(&self.server_url, &self.database);
+        test_config(&database_url, &self.redis_url, &self.prefix, overrides)
     }
 
     /// A raw Redis connection, for inspecting or damaging the gate's keys.

@@ -20,6 +20,7 @@ mod operations;
 mod reconciler;
 mod redemption;
 mod retries;
+mod scale;
 mod services;
 mod slots;
 mod stranger;
