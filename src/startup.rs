@@ -30,13 +30,23 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         crate::telemetry::prometheus();
         db::migrate(&config).await?;
+        let role = config.role;
         let state = AppState::connect(config).await?;
-        // Before taking traffic: rebuild any gate state Redis lost, release
-        // claims whose gateway died.
-        reconciler::run_guarded(&state).await;
-        let scheduler = reconciler::schedule(state.clone()).await?;
-        spawn_rejection_flusher(state.clone());
-        spawn_disabled_users_reload(state.clone()).await;
+        tracing::info!(role = role.as_str(), "role");
+        let scheduler = if role.redeems() {
+            // Before taking traffic: rebuild any gate state Redis lost, release
+            // claims whose gateway died.
+            reconciler::run_guarded(&state).await;
+            let scheduler = reconciler::schedule(state.clone()).await?;
+            spawn_rejection_flusher(state.clone());
+            spawn_disabled_users_reload(state.clone()).await;
+            crate::redemption::outbox::spawn_drainer(state.clone());
+            Some(scheduler)
+        } else {
+            // The wallet role: no codes, no gate work, no users table.
+            state.disabled_users.assume_none();
+            None
+        };
 
         let listener = TcpListener::bind(&state.config.http_addr)
             .map_err(|e| anyhow::anyhow!("cannot bind HTTP_ADDR {}: {e}", state.config.http_addr))?;
@@ -53,7 +63,7 @@ impl Application {
             None => None,
         };
         let server = serve(state.clone(), listener)?;
-        Ok(Application { port, server, metrics, state, _scheduler: Some(scheduler) })
+        Ok(Application { port, server, metrics, state, _scheduler: scheduler })
     }
 
     pub fn port(&self) -> u16 {
@@ -92,6 +102,7 @@ fn serve(state: Arc<AppState>, listener: TcpListener) -> anyhow::Result<Server> 
         n => n,
     };
     let limits = state.config.limits;
+    let role = state.config.role;
     let data = web::Data::from(state);
     let server = HttpServer::new(move || {
         let (json, query, payload) = http::extractor_configs(data.config.body_limit_bytes);
@@ -103,7 +114,7 @@ fn serve(state: Arc<AppState>, listener: TcpListener) -> anyhow::Result<Server> 
             .app_data(json)
             .app_data(query)
             .app_data(payload)
-            .configure(http::configure)
+            .configure(|cfg| http::configure_role(cfg, role))
             .default_service(web::to(http::not_found))
     })
     .workers(workers)

@@ -35,6 +35,9 @@ pub struct AppState {
     pub hashing: crate::auth::hash_queue::HashQueue,
     /// Open live report streams, per admin and in all.
     pub streams: crate::codes::live::Streams,
+    /// How a code's credit is paid: in the redemption's statement, or (the
+    /// split) through the outbox to the wallet service. Chosen once, from the role.
+    pub credits: crate::redemption::outbox::CreditSink,
 }
 
 impl AppState {
@@ -45,7 +48,8 @@ impl AppState {
         let gate = Gate::connect(&config).await?;
         let limiter = Arc::new(RateLimiter::connect(&config).await?);
         let state = AppState {
-            tokens: TokenKeys::new(&config),
+            tokens: TokenKeys::for_role(&config)?,
+            credits: crate::redemption::outbox::CreditSink::for_config(&config)?,
             limiter,
             codes: CodeCache::new(config.code_cache_ttl),
             pg,

@@ -58,7 +58,7 @@ pub async fn commit(db: &impl GenericClient, code_id: i64, user_id: i64, ticket:
         Ok(Some(row)) => Ok(Committed::Credited { redemption_id: row.get(0), amount: row.get(1), balance: row.get(2) }),
         // The code row is gone: no slot can be committed against it.
         Ok(None) => Ok(Committed::TicketOutOfRange),
-        Err(e) => classify(e),
+        Err(e) => classify_error(e),
     }
 }
 
@@ -97,7 +97,9 @@ pub async fn find_redemption(
     }))
 }
 
-fn classify(e: tokio_postgres::Error) -> Result<Committed, StoreError> {
+/// A commit's error as a `Committed` when it carries meaning (shared with
+/// the split's outbox commit, which has the same guards).
+pub(crate) fn classify_error(e: tokio_postgres::Error) -> Result<Committed, StoreError> {
     match conflict_of(&e) {
         Some(Conflict::HolderHasOne) => Ok(Committed::AlreadyRedeemed),
         Some(Conflict::TicketTaken) => Ok(Committed::TicketTaken),

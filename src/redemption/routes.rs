@@ -43,6 +43,8 @@ pub struct UseCodeRequest {
     request_body = UseCodeRequest, responses(
         (status = 200, body = service::Redeemed,
             headers(("Idempotent-Replayed" = String, description = "`true` when replayed from the key's kept answer"))),
+        (status = 202, description = "the split (role `redemption`) only: redeemed, and the credit is owed \
+            (`credit: \"pending\"`): the wallet did not answer in time; it is retried until applied", body = service::Redeemed),
         (status = 404, description = "code_not_found", body = ErrorBody),
         (status = 409, description = "already_redeemed (with `redemption`: the user's own, when committed) / \
             idempotency_in_progress (a request with this key is running; see Retry-After)", body = AlreadyRedeemedBody),
@@ -66,7 +68,10 @@ pub async fn use_code(
     let name = CodeName::parse(&body.code)?;
     let state = state.into_inner();
     let Some(key) = key else {
-        return Ok(HttpResponse::Ok().json(redeem(&state, user, &addr, name, None).await?));
+        let redeemed = redeem(&state, user, &addr, name, None).await?;
+        // The split, wallet unreachable: the slot is won, the credit owed.
+        let mut answer = if redeemed.is_pending() { HttpResponse::Accepted() } else { HttpResponse::Ok() };
+        return Ok(answer.json(redeemed));
     };
     let fingerprint = idempotency::fingerprint("POST /codes/use", &serde_json::json!({ "code": name.as_str() }));
     idempotency::run(&state, user.user_id, &key, &fingerprint, |attempt| {
