@@ -266,6 +266,11 @@ impl TokenKeys {
         self.ttl
     }
 
+    /// Lifetime of the service tokens this process mints.
+    pub fn service_ttl(&self) -> Duration {
+        self.service_ttl
+    }
+
     /// The `kid` new tokens carry.
     pub fn current_kid(&self) -> &str {
         &self.current_kid

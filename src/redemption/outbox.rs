@@ -118,6 +118,8 @@ pub struct WalletClient {
     client: reqwest::Client,
     /// `WALLET_SERVICE_TOKEN`; None: mint one with this role's signing key.
     token: Option<String>,
+    /// The minted one and when, re-minted well before it expires.
+    minted: std::sync::Mutex<Option<(String, std::time::Instant)>>,
     attempts: u32,
     backoff_max: Duration,
     timeout: Duration,
@@ -125,6 +127,8 @@ pub struct WalletClient {
 
 /// The service name the redemption role's own credential carries.
 pub const SERVICE_NAME: &str = "redemption";
+/// How long a minted credential is reused.
+const REMINT: Duration = Duration::from_secs(3_600);
 /// The most credits the drainer sends at once.
 const DRAIN_BATCH: i64 = 64;
 const DRAIN_PARALLEL: usize = 8;
@@ -141,6 +145,7 @@ impl WalletClient {
             url: format!("{base}/wallet/credits"),
             client,
             token: config.split.wallet_service_token.clone(),
+            minted: std::sync::Mutex::new(None),
             attempts: config.split.credit_attempts,
             backoff_max: config.split.outbox_backoff_max,
             timeout: config.split.credit_timeout,
@@ -153,11 +158,21 @@ impl WalletClient {
         self.timeout * self.attempts + Duration::from_secs(1)
     }
 
+    /// The credential for the next call: the configured one, or our own,
+    /// minted once and again after `REMINT` (far inside SERVICE_TOKEN_TTL_SECONDS).
     fn bearer(&self, state: &AppState) -> Result<String, String> {
-        match &self.token {
-            Some(t) => Ok(t.clone()),
-            None => state.tokens.issue_service(SERVICE_NAME, &[Scope::WalletCredit]).map_err(|e| e.to_string()),
+        if let Some(t) = &self.token {
+            return Ok(t.clone());
         }
+        let mut minted = self.minted.lock().map_err(|_| "token cache poisoned".to_string())?;
+        if let Some((token, at)) = minted.as_ref() {
+            if at.elapsed() < REMINT.min(state.tokens.service_ttl() / 2) {
+                return Ok(token.clone());
+            }
+        }
+        let token = state.tokens.issue_service(SERVICE_NAME, &[Scope::WalletCredit]).map_err(|e| e.to_string())?;
+        *minted = Some((token.clone(), std::time::Instant::now()));
+        Ok(token)
     }
 
     /// One call. Ok: the wallet applied the credit (now or before: a replay
@@ -176,7 +191,7 @@ impl WalletClient {
             .json(&body)
             .send()
             .await
-            .map_err(|e| format!("wallet unreachable: {e}"))?;
+            .map_err(|e| format!("wallet unreachable: {}", chain(&e)))?;
         let status = res.status();
         if status.is_success() {
             return res.json::<CreditAnswer>().await.map_err(|e| format!("wallet answer unreadable: {e}"));
@@ -193,6 +208,18 @@ impl WalletClient {
         let jitter = rand::random::<f64>() * 0.25;
         capped.mul_f64(1.0 - jitter)
     }
+}
+
+/// An error with its causes (reqwest's own text leaves out why a call failed).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// The request path, right after the commit: up to `CREDIT_ATTEMPTS` calls.
@@ -361,6 +388,7 @@ mod tests {
             url: String::new(),
             client: reqwest::Client::new(),
             token: None,
+            minted: std::sync::Mutex::new(None),
             attempts: 2,
             backoff_max: Duration::from_secs(10),
             timeout: Duration::from_secs(1),
