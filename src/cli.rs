@@ -121,7 +121,8 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
                 })
                 .collect::<anyhow::Result<Vec<Scope>>>()?;
             // No database: a service token is a signed statement, nothing stored.
-            let tokens = crate::auth::TokenKeys::new(&config);
+            // The role's own key: Ed25519 for the split's redemption role.
+            let tokens = crate::auth::TokenKeys::for_role(&config)?;
             println!("{}", tokens.issue_service(&service, &scopes).map_err(|e| anyhow::anyhow!("{e}"))?);
         }
         Command::Token { user, admin, .. } => {

@@ -47,9 +47,14 @@ impl AppState {
         let redis = db::redis_pool(&config)?;
         let gate = Gate::connect(&config).await?;
         let limiter = Arc::new(RateLimiter::connect(&config).await?);
+        let tokens = TokenKeys::for_role(&config)?;
+        let credits = crate::redemption::outbox::CreditSink::for_config(&config)?;
+        if let crate::redemption::outbox::CreditSink::Wallet(client) = &credits {
+            client.check_credential(&tokens)?;
+        }
         let state = AppState {
-            tokens: TokenKeys::for_role(&config)?,
-            credits: crate::redemption::outbox::CreditSink::for_config(&config)?,
+            tokens,
+            credits,
             limiter,
             codes: CodeCache::new(config.code_cache_ttl),
             pg,

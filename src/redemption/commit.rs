@@ -71,8 +71,10 @@ pub struct PastRedemption {
     pub amount: i64,
     /// When it was committed (the database's clock).
     pub redeemed_at: chrono::DateTime<chrono::Utc>,
-    /// The wallet's balance now.
-    pub balance: i64,
+    /// The wallet's balance now. Absent in the split (role `redemption`):
+    /// balances are the wallet service's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub balance: Option<i64>,
 }
 
 /// The user's redemption of the code, if one is committed.
@@ -93,7 +95,7 @@ pub async fn find_redemption(
         code: row.get(1),
         amount: row.get(2),
         redeemed_at: row.get(3),
-        balance: row.get(4),
+        balance: Some(row.get(4)),
     }))
 }
 

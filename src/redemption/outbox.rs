@@ -152,6 +152,23 @@ impl WalletClient {
         })
     }
 
+    /// A configured `WALLET_SERVICE_TOKEN` must be ours, for service
+    /// `redemption`, with `wallet:credit`: the wallet namespaces references by
+    /// service name, so a credential of another name would file the same
+    /// `redemption:<id>` under another key, and a retry could credit it twice.
+    pub fn check_credential(&self, tokens: &crate::auth::TokenKeys) -> anyhow::Result<()> {
+        let Some(token) = &self.token else { return Ok(()) };
+        let id = tokens
+            .verify_service(token)
+            .map_err(|e| anyhow::anyhow!("WALLET_SERVICE_TOKEN does not verify with this role's key: {e}"))?;
+        anyhow::ensure!(
+            id.name == SERVICE_NAME && id.scopes.contains(&Scope::WalletCredit),
+            "WALLET_SERVICE_TOKEN must be for service {SERVICE_NAME:?} with scope wallet:credit (it is {:?})",
+            id.name
+        );
+        Ok(())
+    }
+
     /// How long the request path may spend on the wallet (all its attempts):
     /// the drainer leaves a fresh row alone that long.
     pub fn lease(&self) -> Duration {

@@ -17,7 +17,7 @@ async fn user_admin_and_forged_tokens_on_the_credit_api_credit_nothing() {
     let url = format!("http://127.0.0.1:{}/wallet/credits", split.wallet_port);
     let body = json!({"user_id": 7, "amount": 1000, "reference": "forged-1", "reason": "free money"});
     let client = reqwest::Client::new();
-    let kid = jsonwebtoken::decode_header(&keys.issue(1, Role::User).unwrap()).unwrap().kid.unwrap();
+    let kid = jsonwebtoken::decode_header(keys.issue(1, Role::User).unwrap()).unwrap().kid.unwrap();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     let service_claims = json!({"sub": "service:topup", "kind": "service", "scope": "wallet:credit",
         "iss": "redeem-gateway", "aud": "redeem-gateway:services", "iat": now, "exp": now + 600});

@@ -5,8 +5,6 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redeem_gateway::auth::Role;
-
 use crate::harness::{Gateway, GatewayEnv, Postgres};
 use crate::setup::{create_users, histogram, wave, Split};
 
@@ -46,7 +44,6 @@ async fn split_burst_credits_every_winner_exactly_once() {
         single_took.as_secs_f64() * 1e3,
         split_took.as_secs_f64() / single_took.as_secs_f64()
     );
-    let _ = keys.issue(1, Role::Admin);
 }
 
 /// The wallet is SIGKILLed once a quarter of the slots are gone and comes
