@@ -92,10 +92,7 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             tracing::info!(port = app.port(), "serving");
             app.run_until_stopped().await?;
         }
-        Command::Keygen { out } => {
-            write_new_key(&out)?;
-            println!("wrote {}", out.display());
-        }
+        Command::Keygen { out } => keygen(&out)?,
         Command::Migrate => {
             db::migrate(&config).await?;
             println!("migrations applied");
@@ -138,6 +135,13 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             println!("{stats:?}");
         }
     }
+    Ok(())
+}
+
+/// `redeem-gateway keygen --out PATH` (main runs it before reading the config).
+pub fn keygen(out: &std::path::Path) -> anyhow::Result<()> {
+    write_new_key(out)?;
+    println!("wrote {}", out.display());
     Ok(())
 }
 
