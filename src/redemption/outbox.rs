@@ -337,7 +337,11 @@ async fn lease_due(state: &AppState, lease: Duration) -> Result<Vec<Owed>, Store
 /// were delivered and how many stay pending.
 pub async fn drain_once(state: &AppState, client: &WalletClient) -> Result<(usize, usize), StoreError> {
     use futures_util::StreamExt;
-    let due = lease_due(state, client.timeout + Duration::from_secs(1)).await?;
+    // Long enough for the whole pass (the batch goes DRAIN_PARALLEL at a
+    // time, each call bounded by the timeout), so another drainer does not
+    // take a row back while this one still holds it.
+    let rounds = (DRAIN_BATCH as u32).div_ceil(DRAIN_PARALLEL as u32);
+    let due = lease_due(state, client.timeout * rounds + Duration::from_secs(1)).await?;
     let outcomes: Vec<bool> = futures_util::stream::iter(due)
         .map(|owed| async move {
             match client.call(state, &owed).await {
