@@ -242,6 +242,16 @@ impl TokenKeys {
         &self.published
     }
 
+    /// True when `learn_kid` has work to do for this token: only in the
+    /// wallet role, for a kid it does not hold. Cheap; no I/O.
+    pub fn must_learn(&self, token: &str) -> bool {
+        if self.remote.is_none() {
+            return false;
+        }
+        let Some(kid) = jsonwebtoken::decode_header(token).ok().and_then(|h| h.kid) else { return false };
+        !self.verifying.read().map(|v| v.iter().any(|k| k.kid == kid)).unwrap_or(false)
+    }
+
     /// The wallet role, on a token whose `kid` it does not know: fetch the
     /// issuer's keys again (bounded, see `RemoteKeys`) and keep them. A no-op
     /// elsewhere, or when the kid is known.
