@@ -5,6 +5,7 @@ COPY Cargo.toml Cargo.lock rustfmt.toml ./
 COPY src ./src
 COPY build.rs ./
 COPY migrations ./migrations
+COPY migrations_wallet ./migrations_wallet
 COPY lua ./lua
 COPY web ./web
 RUN cargo build --release --locked --bin redeem-gateway

@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 SERVICES := scripts/services.sh
 
-.PHONY: run test test-e2e client-check services-up services-down services-status migrate create-code token reconcile build lint fmt clean-data fuzz fuzz-smoke audit bench bench-scale bench-smoke soak sim-ci
+.PHONY: run run-split test test-e2e client-check services-up services-down services-status migrate create-code token reconcile build lint fmt clean-data fuzz fuzz-smoke audit bench bench-scale bench-smoke soak sim-ci
 
 ## .env from .env.example, with the local database password and a random JWT secret.
 .env:
@@ -24,6 +24,11 @@ build:
 ## Start Redis + PostgreSQL, migrate, and serve on HTTP_ADDR (Ctrl-C stops).
 run: .env services-up build
 	./target/release/redeem-gateway serve
+
+## The split: wallet (127.0.0.1:8082) and redemption (127.0.0.1:8081) as two
+## processes with their own databases (scripts/split.sh; Ctrl-C stops both).
+run-split: .env services-up build
+	scripts/split.sh
 
 migrate: .env services-up build
 	./target/release/redeem-gateway migrate

@@ -223,6 +223,11 @@ case "${1:-}" in
     echo "TEST_DATABASE_URL=$(pg_url postgres)"
     echo "REDIS_URL=redis://127.0.0.1:$REDIS_PORT/" ;;
   pg-password) pg_password ;;
+  # The split's wallet database (scripts/split.sh): created if missing, its URL printed.
+  wallet-db)
+    db=${PG_DB}_wallet
+    pg_psql "select 1 from pg_database where datname='$db'" | grep -q 1 || pg_psql "create database $db" >/dev/null
+    pg_url "$db" ;;
   dotenv) dotenv ;;
   clean-tests)
     # Databases and Redis keys left by earlier integration-test runs.
@@ -232,5 +237,5 @@ case "${1:-}" in
     redis-cli -p "$REDIS_PORT" --scan --pattern 't_*' | xargs -r -n 500 redis-cli -p "$REDIS_PORT" del >/dev/null ;;
   pg-stop) data=$(pg_dir); pg_run "'$(pg_bin)/pg_ctl' -D '$data' -m fast -w stop" >/dev/null ;;
   pg-start) pg_up ;;
-  *) echo "usage: $0 up|down|status|env|pg-password|dotenv|clean-tests|pg-stop|pg-start" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|env|pg-password|wallet-db|dotenv|clean-tests|pg-stop|pg-start" >&2; exit 2 ;;
 esac

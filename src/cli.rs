@@ -1,4 +1,4 @@
-//! The command line: one binary, five subcommands. Parsing only; each
+//! The command line: one binary, six subcommands. Parsing only; each
 //! command calls into the library.
 
 use chrono::{DateTime, Utc};
@@ -20,7 +20,20 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Command {
     /// Migrate, reconcile once, and serve HTTP on HTTP_ADDR.
-    Serve,
+    Serve {
+        /// all (one process, the default), or one half of the split: wallet
+        /// (balances, ledger, service credits) or redemption (everything
+        /// else). Overrides ROLE.
+        #[arg(long)]
+        role: Option<String>,
+    },
+    /// Write a fresh Ed25519 private key (PKCS#8 PEM) for the split's token
+    /// signing (JWT_SIGNING_KEY_FILE of the redemption role). Refuses to
+    /// overwrite a file.
+    Keygen {
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
     /// Apply database migrations and exit.
     Migrate,
     /// Create a credit code in Postgres and load it into the Redis gate.
@@ -61,13 +74,25 @@ pub enum Command {
     Reconcile,
 }
 
+impl Cli {
+    /// `serve --role`, which wins over `ROLE` when the config is read.
+    pub fn role(&self) -> Option<&str> {
+        match &self.command {
+            Command::Serve { role } => role.as_deref(),
+            _ => None,
+        }
+    }
+}
+
 pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve => {
+        // `--role` was applied when the config was read (Cli::role).
+        Command::Serve { .. } => {
             let app = Application::build(config).await?;
             tracing::info!(port = app.port(), "serving");
             app.run_until_stopped().await?;
         }
+        Command::Keygen { out } => keygen(&out)?,
         Command::Migrate => {
             db::migrate(&config).await?;
             println!("migrations applied");
@@ -93,7 +118,8 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
                 })
                 .collect::<anyhow::Result<Vec<Scope>>>()?;
             // No database: a service token is a signed statement, nothing stored.
-            let tokens = crate::auth::TokenKeys::new(&config);
+            // The role's own key: Ed25519 for the split's redemption role.
+            let tokens = crate::auth::TokenKeys::for_role(&config)?;
             println!("{}", tokens.issue_service(&service, &scopes).map_err(|e| anyhow::anyhow!("{e}"))?);
         }
         Command::Token { user, admin, .. } => {
@@ -109,6 +135,26 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             println!("{stats:?}");
         }
     }
+    Ok(())
+}
+
+/// `redeem-gateway keygen --out PATH` (main runs it before reading the config).
+pub fn keygen(out: &std::path::Path) -> anyhow::Result<()> {
+    write_new_key(out)?;
+    println!("wrote {}", out.display());
+    Ok(())
+}
+
+/// Creates the file (never overwrites: a lost signing key re-mints every
+/// token), readable by its owner only.
+fn write_new_key(path: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
+    file.write_all(crate::auth::keys::generate_pem().as_bytes())?;
     Ok(())
 }
 

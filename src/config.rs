@@ -37,9 +37,79 @@ pub enum LogFormat {
     Json,
 }
 
+/// Which routes and background work one process runs (`serve --role`, `ROLE`).
+/// `All` is the single process (a code's credit in the redemption's own
+/// statement); `Wallet` and `Redemption` are the two halves of the split,
+/// each with its own database, talking REST (credits through an outbox).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServeRole {
+    All,
+    Wallet,
+    Redemption,
+}
+
+impl ServeRole {
+    pub fn parse(raw: &str) -> Result<Self, ConfigError> {
+        match raw.trim().to_ascii_lowercase().as_str() {
+            "all" => Ok(ServeRole::All),
+            "wallet" => Ok(ServeRole::Wallet),
+            "redemption" => Ok(ServeRole::Redemption),
+            other => {
+                Err(ConfigError::Invalid { name: "ROLE", reason: format!("{other:?} (use all, wallet or redemption)") })
+            }
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServeRole::All => "all",
+            ServeRole::Wallet => "wallet",
+            ServeRole::Redemption => "redemption",
+        }
+    }
+
+    /// Serves the redemption side: codes, gate, users, tokens.
+    pub fn redeems(self) -> bool {
+        self != ServeRole::Wallet
+    }
+
+    /// Serves the wallet: balances, ledger, service credits and debits.
+    pub fn holds_wallets(self) -> bool {
+        self != ServeRole::Redemption
+    }
+}
+
+/// The split's settings (roles `wallet` and `redemption`); unused by `all`.
+#[derive(Clone, Default)]
+pub struct SplitConfig {
+    /// The wallet role's database (`WALLET_DATABASE_URL`); the wallet role
+    /// uses it instead of `DATABASE_URL` when set.
+    pub wallet_database_url: Option<String>,
+    /// Where the redemption role reaches the wallet (`WALLET_URL`, e.g. http://127.0.0.1:8082).
+    pub wallet_url: Option<String>,
+    /// The redemption role's credential on `POST /wallet/credits`. Unset: it
+    /// mints its own (service `redemption`, scope `wallet:credit`) with its signing key.
+    pub wallet_service_token: Option<String>,
+    /// The Ed25519 private key (PKCS#8 PEM) the redemption role signs tokens with.
+    pub jwt_signing_key_file: Option<String>,
+    /// Where the wallet role fetches the issuer's public keys (`JWKS_URL`).
+    pub jwks_url: Option<String>,
+    /// One call to the wallet, at most this long.
+    pub credit_timeout: Duration,
+    /// Calls made while the user waits, before the credit is left pending.
+    pub credit_attempts: u32,
+    /// The drainer's longest wait between two tries of one pending credit.
+    pub outbox_backoff_max: Duration,
+    /// How often the drainer looks for pending credits.
+    pub outbox_poll: Duration,
+}
+
 #[derive(Clone)]
 pub struct Config {
     pub app_env: AppEnv,
+    /// What `serve` runs; `serve --role` overrides `ROLE`.
+    pub role: ServeRole,
+    pub split: SplitConfig,
     pub http_addr: String,
     /// Actix worker threads; 0 = one per CPU.
     pub http_workers: usize,
@@ -203,6 +273,11 @@ impl Config {
         Self::from_lookup(|name| env::var(name).ok())
     }
 
+    /// The environment, with `ROLE` replaced by `role` (`serve --role`).
+    pub fn from_env_with_role(role: &str) -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| if name == "ROLE" { Some(role.to_string()) } else { env::var(name).ok() })
+    }
+
     /// Builds the config from any source of variables (the environment, or a
     /// map in tests), applying defaults and validating.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
@@ -227,8 +302,22 @@ impl Config {
                 })
             }
         };
+        let role = ServeRole::parse(&vars.or("ROLE", "all"))?;
+        let split = SplitConfig {
+            wallet_database_url: vars.get("WALLET_DATABASE_URL"),
+            wallet_url: vars.get("WALLET_URL").map(|u| u.trim_end_matches('/').to_string()),
+            wallet_service_token: vars.get("WALLET_SERVICE_TOKEN"),
+            jwt_signing_key_file: vars.get("JWT_SIGNING_KEY_FILE"),
+            jwks_url: vars.get("JWKS_URL"),
+            credit_timeout: Duration::from_millis(vars.parse("CREDIT_TIMEOUT_MS", 2_000)?),
+            credit_attempts: vars.parse("CREDIT_ATTEMPTS", 2)?,
+            outbox_backoff_max: Duration::from_millis(vars.parse("OUTBOX_BACKOFF_MAX_MS", 10_000)?),
+            outbox_poll: Duration::from_millis(vars.parse("OUTBOX_POLL_MS", 500)?),
+        };
         let config = Config {
             app_env,
+            role,
+            split,
             http_addr: vars.or("HTTP_ADDR", "127.0.0.1:8080"),
             http_workers: vars.parse("HTTP_WORKERS", 0)?,
             body_limit_bytes: vars.parse("BODY_LIMIT_BYTES", 16 * 1024)?,
@@ -246,7 +335,8 @@ impl Config {
             redis_pool_size: vars.parse("REDIS_POOL_SIZE", 8)?,
             redis_timeout: Duration::from_millis(vars.parse("REDIS_TIMEOUT_MS", 1_000)?),
             redis_key_prefix: vars.or("REDIS_KEY_PREFIX", "rg"),
-            jwt_secret: vars.required("JWT_SECRET")?,
+            // The split signs with Ed25519 (JWT_SIGNING_KEY_FILE / JWKS_URL), not a shared secret.
+            jwt_secret: if role == ServeRole::All { vars.required("JWT_SECRET")? } else { vars.or("JWT_SECRET", "") },
             jwt_kid: vars.get("JWT_KID"),
             jwt_previous_secret: vars.get("JWT_PREVIOUS_SECRET"),
             jwt_previous_kid: vars.get("JWT_PREVIOUS_KID"),
@@ -307,18 +397,54 @@ impl Config {
         self.app_env == AppEnv::Dev && is_loopback(&self.http_addr)
     }
 
+    /// The database this role owns: the wallet role's own when
+    /// `WALLET_DATABASE_URL` is set, else `DATABASE_URL`.
+    pub fn role_database_url(&self) -> &str {
+        match (self.role, &self.split.wallet_database_url) {
+            (ServeRole::Wallet, Some(url)) => url,
+            _ => &self.database_url,
+        }
+    }
+
+    fn validate_split(&self) -> Result<(), ConfigError> {
+        let s = &self.split;
+        match self.role {
+            ServeRole::All => return Ok(()),
+            ServeRole::Wallet if s.jwks_url.is_none() => return Err(ConfigError::Missing("JWKS_URL")),
+            ServeRole::Redemption if s.wallet_url.is_none() => return Err(ConfigError::Missing("WALLET_URL")),
+            ServeRole::Redemption if s.jwt_signing_key_file.is_none() => {
+                return Err(ConfigError::Missing("JWT_SIGNING_KEY_FILE"))
+            }
+            _ => {}
+        }
+        for (name, value) in [
+            ("CREDIT_TIMEOUT_MS", s.credit_timeout.as_millis() as usize),
+            ("CREDIT_ATTEMPTS", s.credit_attempts as usize),
+            ("OUTBOX_BACKOFF_MAX_MS", s.outbox_backoff_max.as_millis() as usize),
+            ("OUTBOX_POLL_MS", s.outbox_poll.as_millis() as usize),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid { name, reason: "must be at least 1".into() });
+            }
+        }
+        // A bound on how long a user waits for the wallet.
+        if s.credit_attempts > 5 {
+            return Err(ConfigError::Invalid { name: "CREDIT_ATTEMPTS", reason: "at most 5".into() });
+        }
+        Ok(())
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_split()?;
+        if self.role != ServeRole::All {
+            // No shared secret in the split: the checks below are about it.
+            return self.validate_common();
+        }
         if is_weak(&self.jwt_secret) && !self.weak_secret_allowed() {
             return Err(ConfigError::WeakSecret);
         }
         if self.jwt_secret.is_empty() {
             return Err(ConfigError::Missing("JWT_SECRET"));
-        }
-        if self.default_time_zone.parse::<chrono_tz::Tz>().is_err() {
-            return Err(ConfigError::Invalid {
-                name: "DEFAULT_TIME_ZONE",
-                reason: format!("{:?} is not an IANA time zone", self.default_time_zone),
-            });
         }
         if let Some(previous) = &self.jwt_previous_secret {
             if is_weak(previous) && !self.weak_secret_allowed() {
@@ -330,6 +456,16 @@ impl Config {
                     reason: "is the same as JWT_SECRET (leave it empty unless rotating)".into(),
                 });
             }
+        }
+        self.validate_common()
+    }
+
+    fn validate_common(&self) -> Result<(), ConfigError> {
+        if self.default_time_zone.parse::<chrono_tz::Tz>().is_err() {
+            return Err(ConfigError::Invalid {
+                name: "DEFAULT_TIME_ZONE",
+                reason: format!("{:?} is not an IANA time zone", self.default_time_zone),
+            });
         }
         if self.service_jwt_audience == self.jwt_audience {
             return Err(ConfigError::Invalid {

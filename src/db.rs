@@ -7,12 +7,22 @@ use deadpool_postgres::{ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
-use crate::config::Config;
+use crate::config::{Config, ServeRole};
 use crate::error::ApiError;
 
 mod embedded {
     refinery::embed_migrations!("migrations");
 }
+
+/// The wallet role's own schema (wallets and ledger, nothing else): in the
+/// split it owns a database of its own, with no users, codes or vouchers.
+mod embedded_wallet {
+    refinery::embed_migrations!("migrations_wallet");
+}
+
+/// The wallet set keeps its history apart, so a mix-up of the two
+/// databases fails loudly instead of interleaving version numbers.
+const WALLET_HISTORY_TABLE: &str = "refinery_schema_history_wallet";
 
 /// Any number; it only has to be the same for every gateway.
 const MIGRATION_LOCK_KEY: i64 = 0x7265_6465_656d; // "redeem"
@@ -59,8 +69,10 @@ impl From<StoreError> for ApiError {
 }
 
 pub fn pg_config(config: &Config) -> anyhow::Result<tokio_postgres::Config> {
-    let mut pg: tokio_postgres::Config =
-        config.database_url.parse().map_err(|e| anyhow::anyhow!("DATABASE_URL is not a valid Postgres URL: {e}"))?;
+    let mut pg: tokio_postgres::Config = config
+        .role_database_url()
+        .parse()
+        .map_err(|e| anyhow::anyhow!("the database URL is not a valid Postgres URL: {e}"))?;
     pg.connect_timeout(Duration::from_secs(5));
     pg.application_name("redeem-gateway");
     // Bounds every statement, so a commit can never outlive its claim's grace period.
@@ -108,7 +120,9 @@ pub async fn redis_manager(config: &Config) -> anyhow::Result<redis::aio::Connec
         .map_err(|e| anyhow::anyhow!("cannot reach Redis at REDIS_URL: {e}"))
 }
 
-/// Applies pending migrations. Safe to call from many gateways at once.
+/// Applies pending migrations of the role's schema: the wallet role its own
+/// set (`migrations_wallet/`), the others the main set. Safe to call from
+/// many gateways at once.
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
     let (mut client, connection) = pg_config(config)?
         .connect(NoTls)
@@ -116,7 +130,15 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot reach Postgres at DATABASE_URL: {e}"))?;
     let driver = tokio::spawn(connection);
     client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY]).await?;
-    let report = embedded::migrations::runner().run_async(&mut client).await;
+    let report = match config.role {
+        ServeRole::Wallet => {
+            embedded_wallet::migrations::runner()
+                .set_migration_table_name(WALLET_HISTORY_TABLE)
+                .run_async(&mut client)
+                .await
+        }
+        ServeRole::All | ServeRole::Redemption => embedded::migrations::runner().run_async(&mut client).await,
+    };
     client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY]).await?;
     drop(client);
     let _ = driver.await;

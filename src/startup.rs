@@ -34,10 +34,23 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         crate::telemetry::prometheus();
         db::migrate(&config).await?;
+        let role = config.role;
         let state = AppState::connect(config).await?;
-        let scheduler = reconciler::schedule(state.clone()).await?;
-        spawn_rejection_flusher(state.clone());
-        spawn_disabled_users_reload(state.clone()).await;
+        tracing::info!(role = role.as_str(), "role");
+        let scheduler = if role.redeems() {
+            // No pass before listening: codes whose gate state is missing are
+            // rebuilt on demand, and the first scheduled pass releases claims
+            // whose gateway died.
+            let scheduler = reconciler::schedule(state.clone()).await?;
+            spawn_rejection_flusher(state.clone());
+            spawn_disabled_users_reload(state.clone()).await;
+            crate::redemption::outbox::spawn_drainer(state.clone());
+            Some(scheduler)
+        } else {
+            // The wallet role: no codes, no gate work, no users table.
+            state.disabled_users.assume_none();
+            None
+        };
 
         let listener = TcpListener::bind(&state.config.http_addr)
             .map_err(|e| anyhow::anyhow!("cannot bind HTTP_ADDR {}: {e}", state.config.http_addr))?;
@@ -54,7 +67,7 @@ impl Application {
             None => None,
         };
         let server = serve(state.clone(), listener)?;
-        Ok(Application { port, server, metrics, state, _scheduler: Some(scheduler) })
+        Ok(Application { port, server, metrics, state, _scheduler: scheduler })
     }
 
     pub fn port(&self) -> u16 {
@@ -93,6 +106,7 @@ fn serve(state: Arc<AppState>, listener: TcpListener) -> anyhow::Result<Server> 
         n => n,
     };
     let limits = state.config.limits;
+    let role = state.config.role;
     let data = web::Data::from(state);
     let server = HttpServer::new(move || {
         let (json, query, payload) = http::extractor_configs(data.config.body_limit_bytes);
@@ -104,7 +118,7 @@ fn serve(state: Arc<AppState>, listener: TcpListener) -> anyhow::Result<Server> 
             .app_data(json)
             .app_data(query)
             .app_data(payload)
-            .configure(http::configure)
+            .configure(|cfg| http::configure_role(cfg, role))
             .default_service(web::to(http::not_found))
     })
     .workers(workers)

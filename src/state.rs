@@ -40,6 +40,9 @@ pub struct AppState {
     pub hashing: crate::auth::hash_queue::HashQueue,
     /// Open live report streams, per admin and in all.
     pub streams: crate::codes::live::Streams,
+    /// How a code's credit is paid: in the redemption's statement, or (the
+    /// split) through the outbox to the wallet service. Chosen once, from the role.
+    pub credits: crate::redemption::outbox::CreditSink,
 }
 
 impl AppState {
@@ -50,8 +53,14 @@ impl AppState {
         let gate = Gate::connect(&config).await?;
         let commits = crate::redemption::batcher::Batcher::start(pg.clone(), config.commit_batch);
         let limiter = Arc::new(RateLimiter::connect(&config).await?);
+        let tokens = TokenKeys::for_role(&config)?;
+        let credits = crate::redemption::outbox::CreditSink::for_config(&config)?;
+        if let crate::redemption::outbox::CreditSink::Wallet(client) = &credits {
+            client.check_credential(&tokens)?;
+        }
         let state = AppState {
-            tokens: TokenKeys::new(&config),
+            tokens,
+            credits,
             limiter,
             codes: CodeCache::new(config.code_cache_ttl),
             pg,

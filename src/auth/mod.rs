@@ -6,6 +6,8 @@
 pub mod disabled;
 pub mod extract;
 pub mod hash_queue;
+pub mod jwks;
+pub mod keys;
 pub mod password;
 pub mod routes;
 pub mod store;

@@ -1,4 +1,6 @@
-//! HS256 JWTs. The algorithm is pinned (a token naming another one is refused,
+//! JWTs: HS256 in the single process, EdDSA (Ed25519) in the split, where the
+//! redemption role signs and publishes its public key and the wallet role
+//! only verifies (see `keys`). Either way the algorithm is pinned (a token naming another one is refused,
 //! `alg: none` included), `exp`, `iss` and `aud` are required and checked, and
 //! the role comes only from a token this server signed.
 //!
@@ -21,8 +23,10 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::config::Config;
+use super::keys::{signing_key_from_pem, verifying_keys, RemoteKeys};
+use crate::config::{Config, ServeRole};
 use crate::error::ApiError;
+use jsonwebtoken::jwk::JwkSet;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -128,9 +132,18 @@ struct VerifyingKey {
 pub struct TokenKeys {
     /// Signs every new token; its `kid` goes in the header.
     current_kid: String,
-    encoding: EncodingKey,
-    /// The current key first, then the previous one if configured.
-    verifying: Vec<VerifyingKey>,
+    /// None in the wallet role: it verifies, never signs.
+    encoding: Option<EncodingKey>,
+    /// HS256 for the single process, EdDSA for the split: one per process,
+    /// pinned, so a token naming the other is refused.
+    algorithm: Algorithm,
+    /// The current key first, then the previous one if configured; in the
+    /// wallet role, the issuer's published keys (replaced on a refetch).
+    verifying: std::sync::RwLock<Vec<VerifyingKey>>,
+    /// What GET /.well-known/jwks.json publishes (the issuing role's public key).
+    published: JwkSet,
+    /// The wallet role: where the issuer's keys are fetched from.
+    remote: Option<RemoteKeys>,
     validation: Validation,
     service_validation: Validation,
     ttl: Duration,
@@ -174,15 +187,8 @@ impl VerifiedTokens {
 }
 
 impl TokenKeys {
+    /// HS256 with `JWT_SECRET` (and `JWT_PREVIOUS_SECRET`): the single process.
     pub fn new(config: &Config) -> Self {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.set_issuer(&[&config.jwt_issuer]);
-        validation.set_audience(&[&config.jwt_audience]);
-        validation.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
-        validation.leeway = config.jwt_leeway_seconds;
-        validation.validate_exp = true;
-        let mut service_validation = validation.clone();
-        service_validation.set_audience(&[&config.service_jwt_audience]);
         let current_kid = config.jwt_kid.clone().unwrap_or_else(|| kid_of(&config.jwt_secret));
         let mut verifying = vec![VerifyingKey {
             kid: current_kid.clone(),
@@ -197,10 +203,62 @@ impl TokenKeys {
                 tracing::warn!("JWT_PREVIOUS_SECRET has the current key's kid; ignoring it");
             }
         }
+        let encoding = Some(EncodingKey::from_secret(config.jwt_secret.as_bytes()));
+        Self::assemble(config, Algorithm::HS256, current_kid, encoding, verifying, None)
+    }
+
+    /// The keys of the process's role: HS256 for `all`; for `redemption` the
+    /// Ed25519 key in `JWT_SIGNING_KEY_FILE` (signs, and is published); for
+    /// `wallet` no key of its own, only the issuer's, fetched from `JWKS_URL`.
+    pub fn for_role(config: &Config) -> anyhow::Result<Self> {
+        match config.role {
+            ServeRole::All => Ok(Self::new(config)),
+            ServeRole::Redemption => {
+                let path = config.split.jwt_signing_key_file.as_deref().unwrap_or_default();
+                let pem = std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("cannot read JWT_SIGNING_KEY_FILE {path}: {e}"))?;
+                Self::ed25519(config, &pem)
+            }
+            ServeRole::Wallet => {
+                let url = config.split.jwks_url.as_deref().unwrap_or_default();
+                let mut keys = Self::assemble(config, Algorithm::EdDSA, String::new(), None, vec![], None);
+                keys.remote = Some(RemoteKeys::new(url)?);
+                Ok(keys)
+            }
+        }
+    }
+
+    /// EdDSA with this private key (PKCS#8 PEM), its public half published.
+    pub fn ed25519(config: &Config, pem: &str) -> anyhow::Result<Self> {
+        let key = signing_key_from_pem(pem, config.jwt_kid.as_deref())?;
+        let verifying = vec![VerifyingKey { kid: key.kid.clone(), decoding: key.decoding }];
+        let published = JwkSet { keys: vec![key.public] };
+        Ok(Self::assemble(config, Algorithm::EdDSA, key.kid, Some(key.encoding), verifying, Some(published)))
+    }
+
+    fn assemble(
+        config: &Config,
+        algorithm: Algorithm,
+        current_kid: String,
+        encoding: Option<EncodingKey>,
+        verifying: Vec<VerifyingKey>,
+        published: Option<JwkSet>,
+    ) -> Self {
+        let mut validation = Validation::new(algorithm);
+        validation.set_issuer(&[&config.jwt_issuer]);
+        validation.set_audience(&[&config.jwt_audience]);
+        validation.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
+        validation.leeway = config.jwt_leeway_seconds;
+        validation.validate_exp = true;
+        let mut service_validation = validation.clone();
+        service_validation.set_audience(&[&config.service_jwt_audience]);
         TokenKeys {
             current_kid,
-            encoding: EncodingKey::from_secret(config.jwt_secret.as_bytes()),
-            verifying,
+            encoding,
+            algorithm,
+            verifying: std::sync::RwLock::new(verifying),
+            published: published.unwrap_or(JwkSet { keys: vec![] }),
+            remote: None,
             validation,
             service_validation,
             ttl: config.jwt_ttl,
@@ -213,8 +271,49 @@ impl TokenKeys {
         }
     }
 
+    /// The public keys this process signs with (empty under HS256: a shared
+    /// secret is never published).
+    pub fn published(&self) -> &JwkSet {
+        &self.published
+    }
+
+    /// True when `learn_kid` has work to do for this token: only in the
+    /// wallet role, for a kid it does not hold. Cheap; no I/O.
+    pub fn must_learn(&self, token: &str) -> bool {
+        if self.remote.is_none() {
+            return false;
+        }
+        let Some(kid) = jsonwebtoken::decode_header(token).ok().and_then(|h| h.kid) else { return false };
+        !self.verifying.read().map(|v| v.iter().any(|k| k.kid == kid)).unwrap_or(false)
+    }
+
+    /// The wallet role, on a token whose `kid` it does not know: fetch the
+    /// issuer's keys again (bounded, see `RemoteKeys`) and keep them. A no-op
+    /// elsewhere, or when the kid is known.
+    pub async fn learn_kid(&self, token: &str) {
+        let Some(remote) = &self.remote else { return };
+        let Some(kid) = jsonwebtoken::decode_header(token).ok().and_then(|h| h.kid) else { return };
+        let known = self.verifying.read().map(|v| v.iter().any(|k| k.kid == kid)).unwrap_or(false);
+        if known {
+            return;
+        }
+        if let Some(set) = remote.fetch_bounded().await {
+            let keys: Vec<VerifyingKey> =
+                verifying_keys(&set).into_iter().map(|(kid, decoding)| VerifyingKey { kid, decoding }).collect();
+            tracing::info!(keys = keys.len(), "issuer's keys fetched");
+            if let Ok(mut v) = self.verifying.write() {
+                *v = keys;
+            }
+        }
+    }
+
     pub fn ttl(&self) -> Duration {
         self.ttl
+    }
+
+    /// Lifetime of the service tokens this process mints.
+    pub fn service_ttl(&self) -> Duration {
+        self.service_ttl
     }
 
     /// The `kid` new tokens carry.
@@ -224,13 +323,19 @@ impl TokenKeys {
 
     /// The key for a token's `kid`: exactly that kid, or the current key for
     /// a token with none. An unknown kid gets no key at all.
-    fn key_for(&self, token: &str) -> Result<&DecodingKey, ApiError> {
+    fn key_for(&self, token: &str) -> Result<DecodingKey, ApiError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| ApiError::Unauthorized("invalid token"))?;
+        if header.alg != self.algorithm {
+            return Err(ApiError::Unauthorized("invalid token"));
+        }
+        let verifying = self.verifying.read().map_err(|_| ApiError::Unauthorized("invalid token"))?;
         let key = match header.kid.as_deref() {
-            None => self.verifying.first(),
-            Some(kid) => self.verifying.iter().find(|k| k.kid == kid),
+            // Only the HS256 key predates kids; an EdDSA token always names its key.
+            None if self.algorithm == Algorithm::HS256 => verifying.first(),
+            None => None,
+            Some(kid) => verifying.iter().find(|k| k.kid == kid),
         };
-        key.map(|k| &k.decoding).ok_or(ApiError::Unauthorized("invalid token"))
+        key.map(|k| k.decoding.clone()).ok_or(ApiError::Unauthorized("invalid token"))
     }
 
     pub fn issue(&self, user_id: i64, role: Role) -> Result<String, ApiError> {
@@ -248,9 +353,13 @@ impl TokenKeys {
     }
 
     fn sign(&self, claims: &impl Serialize) -> Result<String, ApiError> {
-        let mut header = Header::new(Algorithm::HS256);
+        let encoding = self
+            .encoding
+            .as_ref()
+            .ok_or_else(|| ApiError::internal(anyhow::anyhow!("this role verifies tokens, it does not sign them")))?;
+        let mut header = Header::new(self.algorithm);
         header.kid = Some(self.current_kid.clone());
-        jsonwebtoken::encode(&header, claims, &self.encoding).map_err(ApiError::internal)
+        jsonwebtoken::encode(&header, claims, encoding).map_err(ApiError::internal)
     }
 
     /// A service token for `name` with `scopes`, valid for SERVICE_TOKEN_TTL_SECONDS.
@@ -279,7 +388,7 @@ impl TokenKeys {
     /// no `kind: "service"`, no `scope`.
     pub fn verify_service(&self, token: &str) -> Result<ServiceIdentity, ApiError> {
         let key = self.key_for(token)?;
-        let data = jsonwebtoken::decode::<ServiceClaims>(token, key, &self.service_validation).map_err(|e| match e
+        let data = jsonwebtoken::decode::<ServiceClaims>(token, &key, &self.service_validation).map_err(|e| match e
             .kind()
         {
             ErrorKind::ExpiredSignature => ApiError::TokenExpired,
@@ -313,7 +422,7 @@ impl TokenKeys {
 
     fn verify_signed(&self, token: &str) -> Result<Identity, ApiError> {
         let key = self.key_for(token)?;
-        let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation).map_err(|e| match e.kind() {
+        let data = jsonwebtoken::decode::<Claims>(token, &key, &self.validation).map_err(|e| match e.kind() {
             ErrorKind::ExpiredSignature => ApiError::TokenExpired,
             _ => ApiError::Unauthorized("invalid token"),
         })?;

@@ -32,6 +32,12 @@ pub struct Report {
     pub remaining: i64,
     /// Claims taken in Redis whose commit is still in flight.
     pub pending: i64,
+    /// The split (role `redemption`): committed redemptions whose credit the
+    /// wallet has not applied yet (retried until it does); always 0 in the
+    /// single process, which credits in the redemption's own statement.
+    pub credits_pending: i64,
+    /// What those owe, in all.
+    pub credits_pending_amount: i64,
     /// Credit codes: money credited. Coupons: discount given on applied orders.
     pub total_credited: i64,
     pub total_discounted: i64,
@@ -59,6 +65,7 @@ pub async fn build(state: &AppState, code: &Code) -> Result<Report, ApiError> {
     let db = state.pg.get().await.map_err(StoreError::from)?;
     let summary = store::redemption_summary(&db, code).await?;
     let synced = store::synced_counters(&db, code.id).await?;
+    let (credits_pending, credits_pending_amount) = crate::redemption::outbox::pending_for_code(&db, code.id).await?;
     let live = match state.gate.snapshot(&code.code).await {
         Ok(snapshot) => snapshot,
         Err(e) => {
@@ -90,6 +97,8 @@ pub async fn build(state: &AppState, code: &Code) -> Result<Report, ApiError> {
         redeemed: summary.redeemed,
         remaining: (i64::from(code.limit) - summary.redeemed).max(0),
         pending,
+        credits_pending,
+        credits_pending_amount,
         total_credited: summary.total_credited,
         total_discounted: summary.total_discounted,
         rejected,

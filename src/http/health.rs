@@ -22,7 +22,8 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
-/// Readiness: Postgres and Redis both answer, and the disabled users are loaded.
+/// Readiness: Postgres and Redis both answer, and the disabled users are
+/// loaded. The split's wallet role checks its own Postgres only.
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses(
     (status = 200, description = "ready", body = Object,
         example = json!({"status": "ready", "checks": {"postgres": "ok", "redis": "ok", "disabled_users": "ok"}})),
@@ -30,7 +31,18 @@ pub async fn healthz() -> HttpResponse {
         body = Object, example = json!({"error": {"code": "not_ready", "message": "a dependency is unreachable"},
             "checks": {"postgres": "unavailable", "redis": "ok", "disabled_users": "ok"}}))))]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    let (postgres, redis) = tokio::join!(state.ping_postgres(), state.gate.ping());
+    // The wallet role needs its own database only; the redemption side
+    // also Redis (the gate). Neither waits on the other service: the
+    // redemption role answers while the wallet is down (credits pend).
+    let uses_redis = state.config.role.redeems();
+    let redis_check = async {
+        if uses_redis {
+            state.gate.ping().await
+        } else {
+            Ok(())
+        }
+    };
+    let (postgres, redis) = tokio::join!(state.ping_postgres(), redis_check);
     for (name, result) in [("postgres", &postgres), ("redis", &redis)] {
         if let Err(e) = result {
             tracing::warn!(dependency = name, error = %e, "not ready");
@@ -43,7 +55,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let loaded = state.disabled_users.is_loaded();
     let body = json!({
         "postgres": status(&postgres),
-        "redis": status(&redis),
+        "redis": if uses_redis { status(&redis) } else { json!("not used") },
         "disabled_users": if loaded { "ok" } else { "not loaded yet" },
     });
     if postgres.is_ok() && redis.is_ok() && loaded {

@@ -19,6 +19,7 @@ use serde::de::DeserializeOwned;
 use std::collections::BTreeSet;
 use std::sync::Mutex;
 
+use crate::config::ServeRole;
 use crate::error::ApiError;
 
 pub use actix_web::web::{Json, Query};
@@ -44,17 +45,29 @@ pub fn served_routes() -> Vec<(String, &'static str)> {
     SERVED.lock().map(|s| s.iter().cloned().collect()).unwrap_or_default()
 }
 
-/// Every route of the service.
+/// Every route of the single process (role `all`).
 pub fn configure(cfg: &mut web::ServiceConfig) {
+    configure_role(cfg, ServeRole::All);
+}
+
+/// The routes of one role: the wallet role serves balances, the ledger and
+/// the services' movements; the redemption role everything else (users,
+/// tokens and their public keys, codes, vouchers, coupons, the operator's).
+pub fn configure_role(cfg: &mut web::ServiceConfig, role: ServeRole) {
     health::configure(cfg);
-    crate::auth::routes::configure(cfg);
-    crate::wallet::routes::configure(cfg);
-    crate::redemption::routes::configure(cfg);
-    crate::codes::routes::configure(cfg);
-    crate::vouchers::routes::configure(cfg);
-    crate::coupons::routes::configure(cfg);
-    dashboard::configure(cfg);
-    openapi::configure(cfg);
+    if role.holds_wallets() {
+        crate::wallet::routes::configure(cfg);
+    }
+    if role.redeems() {
+        crate::auth::routes::configure(cfg);
+        crate::auth::jwks::configure(cfg);
+        crate::redemption::routes::configure(cfg);
+        crate::codes::routes::configure(cfg);
+        crate::vouchers::routes::configure(cfg);
+        crate::coupons::routes::configure(cfg);
+        dashboard::configure(cfg);
+        openapi::configure(cfg);
+    }
 }
 
 /// Extractor settings: body limits and error mapping for JSON and query strings.

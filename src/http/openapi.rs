@@ -26,6 +26,7 @@ use crate::{auth, codes, redemption, wallet};
         auth::routes::login,
         auth::routes::disable_user,
         auth::routes::enable_user,
+        auth::jwks::jwks,
         redemption::routes::use_code,
         wallet::routes::balance,
         wallet::routes::transactions,

@@ -58,7 +58,7 @@ pub async fn commit(db: &impl GenericClient, code_id: i64, user_id: i64, ticket:
         Ok(Some(row)) => Ok(Committed::Credited { redemption_id: row.get(0), amount: row.get(1), balance: row.get(2) }),
         // The code row is gone: no slot can be committed against it.
         Ok(None) => Ok(Committed::TicketOutOfRange),
-        Err(e) => classify(e),
+        Err(e) => classify_error(e),
     }
 }
 
@@ -71,8 +71,10 @@ pub struct PastRedemption {
     pub amount: i64,
     /// When it was committed (the database's clock).
     pub redeemed_at: chrono::DateTime<chrono::Utc>,
-    /// The wallet's balance now.
-    pub balance: i64,
+    /// The wallet's balance now. Absent in the split (role `redemption`):
+    /// balances are the wallet service's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub balance: Option<i64>,
 }
 
 /// The user's redemption of the code, if one is committed.
@@ -93,11 +95,13 @@ pub async fn find_redemption(
         code: row.get(1),
         amount: row.get(2),
         redeemed_at: row.get(3),
-        balance: row.get(4),
+        balance: Some(row.get(4)),
     }))
 }
 
-fn classify(e: tokio_postgres::Error) -> Result<Committed, StoreError> {
+/// A commit's error as a `Committed` when it carries meaning (shared with
+/// the split's outbox commit, which has the same guards).
+pub(crate) fn classify_error(e: tokio_postgres::Error) -> Result<Committed, StoreError> {
     match conflict_of(&e) {
         Some(Conflict::HolderHasOne) => Ok(Committed::AlreadyRedeemed),
         Some(Conflict::TicketTaken) => Ok(Committed::TicketTaken),

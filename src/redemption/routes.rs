@@ -43,6 +43,8 @@ pub struct UseCodeRequest {
     request_body = UseCodeRequest, responses(
         (status = 200, description = "credited: the code's amount and the balance now", body = service::Redeemed,
             headers(("Idempotent-Replayed" = String, description = "`true` when replayed from the key's kept answer"))),
+        (status = 202, description = "the split (role `redemption`) only: redeemed, and the credit is owed \
+            (`credit: \"pending\"`): the wallet did not answer in time; it is retried until applied", body = service::Redeemed),
         UserBodyErrors,
         (status = 400, description = "malformed_json / invalid_idempotency_key", body = ErrorBody),
         (status = 404, description = "code_not_found", body = ErrorBody),
@@ -66,7 +68,10 @@ pub async fn use_code(
         }
     }
     let Some(key) = key else {
-        return Ok(HttpResponse::Ok().json(redeem(&state, user, &addr, name, None).await?));
+        let redeemed = redeem(&state, user, &addr, name, None).await?;
+        // The split, wallet unreachable: the slot is won, the credit owed.
+        let mut answer = if redeemed.is_pending() { HttpResponse::Accepted() } else { HttpResponse::Ok() };
+        return Ok(answer.json(redeemed));
     };
     let fingerprint = idempotency::fingerprint("POST /codes/use", &serde_json::json!({ "code": name.as_str() }));
     idempotency::run(&state, user.user_id, &key, &fingerprint, |attempt| {

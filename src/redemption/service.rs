@@ -14,6 +14,7 @@ use serde::Serialize;
 use super::batcher::Row;
 use super::commit::{self, Committed, PastRedemption};
 use super::gate::{Claim, Release};
+use super::outbox::{self, CreditSink, CreditState};
 use crate::codes::cache::LocalReject;
 use crate::codes::{store as codes_store, CachedCode, CodeKind, CodeName};
 use crate::db::StoreError;
@@ -177,12 +178,29 @@ async fn settle_abandoned_claim(
 pub struct Redeemed {
     pub code: String,
     pub amount: i64,
-    pub balance: i64,
+    /// The wallet's balance after the credit. Absent in the split while the
+    /// credit is pending (the wallet has not answered yet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub balance: Option<i64>,
+    /// The split only (role `redemption`): `done` once the wallet applied the
+    /// credit, `pending` (answered 202) while it is owed and being retried.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credit: Option<CreditState>,
+    /// The split only: the redemption, whose credit's reference is `redemption:<id>`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redemption_id: Option<i64>,
+}
+
+impl Redeemed {
+    /// 202 while the credit is owed (the split, wallet unreachable), else 200.
+    pub fn is_pending(&self) -> bool {
+        self.credit == Some(CreditState::Pending)
+    }
 }
 
 impl From<PastRedemption> for Redeemed {
     fn from(r: PastRedemption) -> Self {
-        Redeemed { code: r.code, amount: r.amount, balance: r.balance }
+        Redeemed { code: r.code, amount: r.amount, balance: r.balance, credit: None, redemption_id: None }
     }
 }
 
@@ -247,7 +265,12 @@ pub async fn redeem_with_key(
 async fn past_redemption(state: &AppState, user_id: i64, name: &CodeName) -> Result<Option<PastRedemption>, ApiError> {
     let code = lookup(state, name).await?;
     let db = state.pg.get().await.map_err(StoreError::from)?;
-    Ok(commit::find_redemption(&db, code.code.id, user_id).await?)
+    let found = commit::find_redemption(&db, code.code.id, user_id).await?;
+    Ok(match &state.credits {
+        CreditSink::InProcess => found,
+        // This database holds no balances in the split: say nothing rather than 0.
+        CreditSink::Wallet(_) => found.map(|r| PastRedemption { balance: None, ..r }),
+    })
 }
 
 /// 409 with the redemption beside it, when Postgres has one (a claim still
@@ -276,12 +299,24 @@ async fn redeem_credit(state: &Arc<AppState>, user_id: i64, name: &CodeName) -> 
     }
     let code_id = code.code.id;
     let name = code.code.code.clone();
-    through_gate(state, &code, user_id, &user_id.to_string(), |ticket| {
+    let (redemption_id, mut redeemed) = through_gate(state, &code, user_id, &user_id.to_string(), |ticket| {
         let name = name.clone();
         async move {
-            let row = Row { code_id, user_id, ticket };
-            Ok(match state.commits.commit(row).await? {
-                Committed::Credited { amount, balance, .. } => Commit::Done(Redeemed { code: name, amount, balance }),
+            let committed = match &state.credits {
+                // Single process: the credit in the redemption's statement, batched with
+                // the claims that queue behind in-flight commits.
+                CreditSink::InProcess => state.commits.commit(Row { code_id, user_id, ticket }).await?,
+                CreditSink::Wallet(client) => {
+                    let db = state.pg.get().await?;
+                    outbox::commit(&db, code_id, user_id, ticket, client.lease()).await?
+                }
+            };
+            Ok(match committed {
+                Committed::Credited { redemption_id, amount, balance } => {
+                    let redeemed =
+                        Redeemed { code: name, amount, balance: Some(balance), credit: None, redemption_id: None };
+                    Commit::Done((redemption_id, redeemed))
+                }
                 Committed::AlreadyRedeemed => Commit::AlreadyHeld,
                 Committed::TicketTaken => Commit::TicketTaken,
                 Committed::TicketOutOfRange => Commit::TicketOutOfRange,
@@ -290,7 +325,24 @@ async fn redeem_credit(state: &Arc<AppState>, user_id: i64, name: &CodeName) -> 
             })
         }
     })
-    .await
+    .await?;
+    if let CreditSink::Wallet(client) = &state.credits {
+        // Committed with its outbox row: the slot is the user's whatever the
+        // wallet does now; only when the money lands is still open.
+        let owed = outbox::Owed {
+            redemption_id,
+            user_id,
+            amount: redeemed.amount,
+            reference: format!("redemption:{redemption_id}"),
+            reason: format!("code {}", redeemed.code),
+            attempts: 0,
+        };
+        let (credit, balance) = outbox::deliver_now(state, client, owed).await;
+        redeemed.balance = balance;
+        redeemed.credit = Some(credit);
+        redeemed.redemption_id = Some(redemption_id);
+    }
+    Ok(redeemed)
 }
 
 /// Counts the outcome under the code's name if an operator marked it tracked,

@@ -165,6 +165,12 @@ pub async fn credit(state: &AppState, service: &str, m: Movement) -> Result<Move
 
 /// POST /wallet/debits, with or without a voucher.
 pub async fn debit(state: &AppState, service: &str, m: Movement) -> Result<MovementDone, ApiError> {
+    if m.voucher.is_some() && state.config.role == crate::config::ServeRole::Wallet {
+        // The split's wallet has no vouchers table: they live on the redemption side.
+        return Err(ApiError::InvalidInput(
+            "vouchers are spent through the single process (role all); this wallet runs split".into(),
+        ));
+    }
     apply(state, service, Direction::Debit, m).await
 }
 

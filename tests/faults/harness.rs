@@ -287,7 +287,11 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn start(env: &GatewayEnv) -> Self {
-        let port = free_port();
+        Self::start_on(env, free_port())
+    }
+
+    /// On a port chosen beforehand (the split's two roles name each other's).
+    pub fn start_on(env: &GatewayEnv, port: u16) -> Self {
         let log = std::env::temp_dir().join(format!("rg-fault-gateway-{port}.log"));
         let mut gw = Gateway { port, env: env.clone(), child: None, log };
         gw.spawn();
