@@ -12,6 +12,7 @@ mod abuse;
 mod admin;
 mod auth;
 mod bad_input;
+mod cluster;
 mod controls;
 mod coupons;
 mod openapi;
