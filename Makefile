@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 SERVICES := scripts/services.sh
 
-.PHONY: run test test-e2e services-up services-down services-status migrate create-code token reconcile build lint fmt clean-data fuzz fuzz-smoke audit bench bench-smoke soak sim-ci
+.PHONY: run test test-cluster cluster-up cluster-down bench-cluster test-e2e services-up services-down services-status migrate create-code token reconcile build lint fmt clean-data fuzz fuzz-smoke audit bench bench-smoke soak sim-ci
 
 ## .env from .env.example, with the local database password and a random JWT secret.
 .env:
@@ -41,10 +41,29 @@ token: .env services-up build
 reconcile: .env services-up build
 	./target/release/redeem-gateway reconcile
 
-## Unit tests and integration tests against the project-local Redis + PostgreSQL.
+## Unit tests and integration tests against the project-local Redis + PostgreSQL,
+## then the gate, reconciler, limiter and fault suites again on a local Redis Cluster.
 test: services-up
 	@$(SERVICES) clean-tests
 	$(CARGO) test --all-targets -- --test-threads=$${TEST_THREADS:-4}
+	@$(MAKE) --no-print-directory test-cluster
+
+## The suites that touch Redis's keys and scripts, on a local Redis Cluster (3 masters +
+## 3 replicas, scripts/services.sh cluster-up; REDIS_CLUSTER_PORT picks its six ports).
+## The failover test starts a private cluster of its own and ran in the first pass.
+CLUSTER_SUITES := cluster:: redemption:: reconciler:: slots:: controls::
+test-cluster: services-up
+	@$(SERVICES) cluster-up
+	@$(SERVICES) clean-tests
+	export $$($(SERVICES) cluster-env | tr '\n' ' ') && \
+	$(CARGO) test --test api -- $(CLUSTER_SUITES) --test-threads=$${TEST_THREADS:-4} && \
+	$(CARGO) test --test ratelimit --test faults -- --skip failover --test-threads=$${TEST_THREADS:-4}
+
+cluster-up:
+	@$(SERVICES) cluster-up
+
+cluster-down:
+	@$(SERVICES) cluster-down
 
 ## Proof by simulation (tests/sim): seeded workload + nemesis + history checker over
 ## real gateways, Redis and PostgreSQL. SOAK_SECONDS per seed; SOAK_SEEDS a count
@@ -69,6 +88,11 @@ test-e2e: services-up
 ## Benchmark: gateway vs HTTP/Redis/Postgres ceilings; writes bench/results/latest.md.
 bench: services-up
 	scripts/bench.sh
+
+## Two gateways on the local Redis Cluster beside one on one Redis, and one hot code's
+## ceiling; writes bench/results/cluster.md.
+bench-cluster: services-up
+	scripts/bench-cluster.sh
 
 ## The load generator's smoke test (tiny burst, invariants checked); also part of `make test`.
 bench-smoke: services-up

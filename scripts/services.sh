@@ -274,6 +274,7 @@ dotenv() {
 down() {
   local bin data
   redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
+  if [ -d "$STATE/cluster" ]; then cluster_down; fi
   bin=$(pg_bin || true); data=$(pg_dir)
   if [ -n "$bin" ] && [ -f "$data/PG_VERSION" ]; then
     pg_run "'$bin/pg_ctl' -D '$data' -m fast -w stop" >/dev/null 2>&1 || true
