@@ -50,14 +50,15 @@ test: services-up
 
 ## The suites that touch Redis's keys and scripts, on a local Redis Cluster (3 masters +
 ## 3 replicas, scripts/services.sh cluster-up; REDIS_CLUSTER_PORT picks its six ports).
-## The failover test starts a private cluster of its own and ran in the first pass.
+## The failover test starts a private cluster of its own and ran in the first pass. Two test
+## threads (TEST_CLUSTER_THREADS): six more Redis processes share the same cores.
 CLUSTER_SUITES := cluster:: redemption:: reconciler:: slots:: controls::
 test-cluster: services-up
 	@$(SERVICES) cluster-up
 	@$(SERVICES) clean-tests
 	export $$($(SERVICES) cluster-env | tr '\n' ' ') && \
-	$(CARGO) test --test api -- $(CLUSTER_SUITES) --test-threads=$${TEST_THREADS:-4} && \
-	$(CARGO) test --test ratelimit --test faults -- --skip failover --test-threads=$${TEST_THREADS:-4}
+	$(CARGO) test --test api -- $(CLUSTER_SUITES) --test-threads=$${TEST_CLUSTER_THREADS:-2} && \
+	$(CARGO) test --test ratelimit --test faults -- --skip failover --test-threads=$${TEST_CLUSTER_THREADS:-2}
 
 cluster-up:
 	@$(SERVICES) cluster-up
