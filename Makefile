@@ -42,7 +42,7 @@ reconcile: .env services-up build
 	./target/release/redeem-gateway reconcile
 
 ## Unit tests and integration tests against the project-local Redis + PostgreSQL,
-## then the gate, reconciler, limiter and fault suites again on a local Redis Cluster.
+## then the gate, reconciler and fault suites again on a local Redis Cluster.
 test: services-up
 	@$(SERVICES) clean-tests
 	$(CARGO) test --all-targets -- --test-threads=$${TEST_THREADS:-4}
@@ -50,7 +50,9 @@ test: services-up
 
 ## The suites that touch Redis's keys and scripts, on a local Redis Cluster (3 masters +
 ## 3 replicas, scripts/services.sh cluster-up; REDIS_CLUSTER_PORT picks its six ports).
-## The failover test starts a private cluster of its own and ran in the first pass. Two test
+## The failover test starts a private cluster of its own and ran in the first pass; the limiter
+## runs on the cluster in cluster:: (tests/ratelimit.rs times sequential round trips, so it
+## stays on the single Redis here; TEST_REDIS_CLUSTER_NODES runs it on a cluster by hand). Two test
 ## threads (TEST_CLUSTER_THREADS): six more Redis processes share the same cores.
 CLUSTER_SUITES := cluster:: redemption:: reconciler:: slots:: controls::
 test-cluster: services-up
@@ -58,7 +60,7 @@ test-cluster: services-up
 	@$(SERVICES) clean-tests
 	export $$($(SERVICES) cluster-env | tr '\n' ' ') && \
 	$(CARGO) test --test api -- $(CLUSTER_SUITES) --test-threads=$${TEST_CLUSTER_THREADS:-2} && \
-	$(CARGO) test --test ratelimit --test faults -- --skip failover --test-threads=$${TEST_CLUSTER_THREADS:-2}
+	$(CARGO) test --test faults -- --skip failover --test-threads=$${TEST_CLUSTER_THREADS:-2}
 
 cluster-up:
 	@$(SERVICES) cluster-up
