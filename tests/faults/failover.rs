@@ -87,6 +87,7 @@ async fn a_master_killed_mid_burst_fails_over_and_nothing_is_lost() {
     // promoted (still frozen), comes up: nothing at start-up needs every node.
     let third = block_in_place(|| Gateway::start(&env));
     cluster.freeze(replica, false);
+    let unfrozen = std::time::Instant::now();
     targets.write().unwrap().push(third.address());
 
     // The replica takes over (its peers see the master fail after the node time-out).
@@ -96,10 +97,12 @@ async fn a_master_killed_mid_burst_fails_over_and_nothing_is_lost() {
             cluster.owner_of(slot, replica).map(|(m, _)| m) == Some(replica)
         })
     });
+    let promoted_after = unfrozen.elapsed();
     let next_on_new_master = meta_next(&cluster, replica, &env.prefix);
     println!(
-        "failover: master {master} -> {replica}; {successes_while_frozen} redemptions while the replica was frozen; \
-         next {next_on_master} on the old master, {next_on_new_master} on the new one"
+        "failover: master {master} -> {replica}, promoted {promoted_after:?} after it could run; \
+         {successes_while_frozen} redemptions while it was frozen; next {next_on_master} on the old master, \
+         {next_on_new_master} on the new one"
     );
 
     let mut outcomes = wave.await.unwrap();
