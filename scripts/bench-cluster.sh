@@ -16,13 +16,17 @@
 # Knobs: BENCH_CODES (4), BENCH_USERS per code (5000), BENCH_LIMIT per code
 # (1000), BENCH_CONNECTIONS in all (256), BENCH_HOT_USERS (20000),
 # BENCH_HOT_LIMIT (5000), REDIS_BENCH_REQUESTS (200000), REDIS_BENCH_CLIENTS
-# (64), REDIS_CLUSTER_PORT (7479), BENCH_OUT (bench/results/cluster.md).
+# (64), REDIS_CLUSTER_PORT (7479), BENCH_OUT (bench/results/cluster.md),
+# BENCH_PROFILE (release).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-BIN=$CARGO_TARGET_DIR/release
+# BENCH_PROFILE=debug measures the debug build (no release build at hand): for ratios only.
+PROFILE=${BENCH_PROFILE:-release}
+case "$PROFILE" in release) BIN=$CARGO_TARGET_DIR/release; BUILD=(--release) ;; debug) BIN=$CARGO_TARGET_DIR/debug; BUILD=() ;;
+  *) echo "BENCH_PROFILE is release or debug" >&2; exit 2 ;; esac
 export PG_PORT=${PG_PORT:-5479} REDIS_PORT=${REDIS_PORT:-6479} REDIS_CLUSTER_PORT=${REDIS_CLUSTER_PORT:-7479}
 BENCH_DB=redeem_gateway_bench_cluster
 PREFIX=benchc
@@ -167,8 +171,8 @@ main() {
   scripts/services.sh cluster-up
   PGPASSWORD=$(scripts/services.sh pg-password); export PGPASSWORD
   SECRET="bench-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-  log "building release binaries"
-  cargo build --release --bins
+  log "building $PROFILE binaries"
+  cargo build "${BUILD[@]}" --bins
   psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "DROP DATABASE IF EXISTS $BENCH_DB WITH (FORCE)" >/dev/null
   psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "CREATE DATABASE $BENCH_DB" >/dev/null
   common_env
@@ -206,7 +210,7 @@ main() {
   {
     echo "# Redis Cluster bench"
     echo
-    echo "Run $(date -u +%Y-%m-%dT%H:%MZ) at $(git rev-parse --short HEAD) on $(nproc) cores ($(uname -m)),"
+    echo "Run $(date -u +%Y-%m-%dT%H:%MZ) at $(git rev-parse --short HEAD), $PROFILE build, on $(nproc) cores ($(uname -m)),"
     echo "by \`make bench-cluster\` (scripts/bench-cluster.sh). Everything (gateways, load"
     echo "generators, Redis nodes, PostgreSQL) shares this machine's cores."
     echo
