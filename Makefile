@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 SERVICES := scripts/services.sh
 
-.PHONY: run run-split test test-e2e client-check services-up services-down services-status migrate create-code token reconcile build lint fmt clean-data fuzz fuzz-smoke audit bench bench-scale bench-smoke soak sim-ci
+.PHONY: run run-split test test-cluster cluster-up cluster-down test-e2e client-check services-up services-down services-status migrate create-code token reconcile build lint fmt clean-data fuzz fuzz-smoke audit bench bench-scale bench-cluster bench-smoke soak sim-ci
 
 ## .env from .env.example, with the local database password and a random JWT secret.
 .env:
@@ -46,10 +46,32 @@ token: .env services-up build
 reconcile: .env services-up build
 	./target/release/redeem-gateway reconcile
 
-## Unit tests and integration tests against the project-local Redis + PostgreSQL.
+## Unit tests and integration tests against the project-local Redis + PostgreSQL,
+## then the gate, reconciler and fault suites again on a local Redis Cluster.
 test: services-up
 	@$(SERVICES) clean-tests
 	$(CARGO) test --all-targets -- --test-threads=$${TEST_THREADS:-4}
+	@$(MAKE) --no-print-directory test-cluster
+
+## The suites that touch Redis's keys and scripts, on a local Redis Cluster (3 masters +
+## 3 replicas, scripts/services.sh cluster-up; REDIS_CLUSTER_PORT picks its six ports).
+## The failover test starts a private cluster of its own and ran in the first pass; the limiter
+## runs on the cluster in cluster:: (tests/ratelimit.rs times sequential round trips, so it
+## stays on the single Redis here; TEST_REDIS_CLUSTER_NODES runs it on a cluster by hand). Two test
+## threads (TEST_CLUSTER_THREADS): six more Redis processes share the same cores.
+CLUSTER_SUITES := cluster:: redemption:: reconciler:: slots:: controls::
+test-cluster: services-up
+	@$(SERVICES) cluster-up
+	@$(SERVICES) clean-tests
+	export $$($(SERVICES) cluster-env | tr '\n' ' ') && \
+	$(CARGO) test --test api -- $(CLUSTER_SUITES) --test-threads=$${TEST_CLUSTER_THREADS:-2} && \
+	$(CARGO) test --test faults -- --skip failover --test-threads=$${TEST_CLUSTER_THREADS:-2}
+
+cluster-up:
+	@$(SERVICES) cluster-up
+
+cluster-down:
+	@$(SERVICES) cluster-down
 
 ## Proof by simulation (tests/sim): seeded workload + nemesis + history checker over
 ## real gateways, Redis and PostgreSQL. SOAK_SECONDS per seed; SOAK_SEEDS a count
@@ -78,6 +100,11 @@ bench: services-up
 ## Flat cost at scale: 100,000 active codes and 1,000,000 users vs a small case; writes bench/results/scale.md.
 bench-scale: services-up
 	scripts/bench-scale.sh
+
+## Two gateways on the local Redis Cluster beside one on one Redis, and one hot code's
+## ceiling; writes bench/results/cluster.md.
+bench-cluster: services-up
+	scripts/bench-cluster.sh
 
 ## The load generator's smoke test (tiny burst, invariants checked); also part of `make test`.
 bench-smoke: services-up

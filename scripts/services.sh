@@ -11,7 +11,12 @@
 # prints URLs carrying it, and the tests read it from there. The local socket
 # takes only the server's own OS user (peer), for this script's upkeep.
 #
+# A local Redis Cluster (3 masters + 3 replicas on loopback ports
+# $REDIS_CLUSTER_PORT .. +5, data under .local/cluster/) for the cluster tests
+# and `make bench-cluster`: cluster-up | cluster-down | cluster-env.
+#
 #   scripts/services.sh up | down | status | env | pg-password | dotenv | clean-tests
+#                       | cluster-up | cluster-down | cluster-env
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -21,6 +26,7 @@ PG_PORT=${PG_PORT:-5479}
 PG_DB=${PG_DB:-redeem_gateway}
 PG_MAX_CONNECTIONS=${PG_MAX_CONNECTIONS:-300}
 PG_PASSWORD_FILE="$STATE/pg-password"
+REDIS_CLUSTER_PORT=${REDIS_CLUSTER_PORT:-7479}
 
 log() { printf '[services] %s\n' "$*" >&2; }
 die() { printf '[services] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -132,6 +138,69 @@ redis_up() {
   die "redis did not start; see $STATE/redis/redis.log"
 }
 
+cluster_ports() { seq "$REDIS_CLUSTER_PORT" $((REDIS_CLUSTER_PORT + 5)); }
+
+cluster_nodes() {
+  local p out=()
+  for p in $(cluster_ports); do out+=("redis://127.0.0.1:$p"); done
+  (IFS=,; echo "${out[*]}")
+}
+
+cluster_ok() {
+  local p
+  for p in $(cluster_ports); do
+    redis-cli -p "$p" cluster info 2>/dev/null | grep -q '^cluster_state:ok' || return 1
+  done
+}
+
+# Six redis-servers in cluster mode, then `redis-cli --cluster create` pairs
+# each of 3 masters with a replica. A node that misses its peers for
+# cluster-node-timeout (2 s) is failed over, so a failover takes seconds.
+cluster_up() {
+  local p d hosts=()
+  for p in $(cluster_ports); do
+    d="$STATE/cluster/$p"; mkdir -p "$d"
+    hosts+=("127.0.0.1:$p")
+    redis-cli -p "$p" ping >/dev/null 2>&1 && continue
+    redis-server --port "$p" --bind 127.0.0.1 --daemonize yes --dir "$d" \
+      --pidfile "$d/redis.pid" --logfile "$d/redis.log" --cluster-enabled yes \
+      --cluster-config-file "$d/nodes.conf" --cluster-node-timeout 2000 \
+      --appendonly yes --appendfsync everysec --save "" --maxclients 10000
+  done
+  for p in $(cluster_ports); do
+    for _ in $(seq 50); do redis-cli -p "$p" ping >/dev/null 2>&1 && break; sleep 0.1; done
+    redis-cli -p "$p" ping >/dev/null 2>&1 || die "cluster node $p did not start; see $STATE/cluster/$p/redis.log"
+  done
+  if ! redis-cli -p "$REDIS_CLUSTER_PORT" cluster info | grep -q '^cluster_slots_assigned:16384'; then
+    redis-cli --cluster create "${hosts[@]}" --cluster-replicas 1 --cluster-yes >"$STATE/cluster/create.log" 2>&1 \
+      || die "redis-cli --cluster create failed; see $STATE/cluster/create.log"
+  fi
+  # Ready once every node says ok and each master has its replica.
+  for _ in $(seq 100); do
+    cluster_ok && [ "$(redis-cli -p "$REDIS_CLUSTER_PORT" cluster nodes | grep -c slave)" = 3 ] && { log "redis cluster up on 127.0.0.1:$REDIS_CLUSTER_PORT..$((REDIS_CLUSTER_PORT + 5))"; return; }
+    sleep 0.2
+  done
+  die "redis cluster not ok after 20 s; see $STATE/cluster/*/redis.log"
+}
+
+# Stops the nodes and forgets the cluster (it is a scratch cluster: tests and benches).
+cluster_down() {
+  local p
+  for p in $(cluster_ports); do redis-cli -p "$p" shutdown nosave >/dev/null 2>&1 || true; done
+  rm -rf "$STATE/cluster"
+  log "redis cluster stopped"
+}
+
+# Deletes keys matching $1 on every master of the local cluster (keys live
+# per master: a SCAN sees one node's keyspace only).
+cluster_del() {
+  local p
+  for p in $(cluster_ports); do
+    redis-cli -p "$p" role 2>/dev/null | head -n 1 | grep -q master || continue
+    redis-cli -p "$p" --scan --pattern "$1" | xargs -r -n 1 redis-cli -p "$p" del >/dev/null
+  done
+}
+
 pg_up() {
   local bin data sock pw
   bin=$(pg_bin) || die "PostgreSQL server binaries not found"
@@ -205,6 +274,7 @@ dotenv() {
 down() {
   local bin data
   redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
+  if [ -d "$STATE/cluster" ]; then cluster_down; fi
   bin=$(pg_bin || true); data=$(pg_dir)
   if [ -n "$bin" ] && [ -f "$data/PG_VERSION" ]; then
     pg_run "'$bin/pg_ctl' -D '$data' -m fast -w stop" >/dev/null 2>&1 || true
@@ -234,8 +304,14 @@ case "${1:-}" in
     for db in $(pg_psql "select datname from pg_database where datname like 'test\_%'"); do
       pg_psql "drop database if exists $db" >/dev/null
     done
-    redis-cli -p "$REDIS_PORT" --scan --pattern 't_*' | xargs -r -n 500 redis-cli -p "$REDIS_PORT" del >/dev/null ;;
+    redis-cli -p "$REDIS_PORT" --scan --pattern 't_*' | xargs -r -n 500 redis-cli -p "$REDIS_PORT" del >/dev/null
+    if cluster_ok; then cluster_del 't_*'; fi ;;
   pg-stop) data=$(pg_dir); pg_run "'$(pg_bin)/pg_ctl' -D '$data' -m fast -w stop" >/dev/null ;;
   pg-start) pg_up ;;
-  *) echo "usage: $0 up|down|status|env|pg-password|wallet-db|dotenv|clean-tests|pg-stop|pg-start" >&2; exit 2 ;;
+  cluster-up) ensure_packages; cluster_up ;;
+  cluster-down) cluster_down ;;
+  cluster-env)
+    echo "REDIS_CLUSTER_NODES=$(cluster_nodes)"
+    echo "TEST_REDIS_CLUSTER_NODES=$(cluster_nodes)" ;;
+  *) echo "usage: $0 up|down|status|env|pg-password|wallet-db|dotenv|clean-tests|pg-stop|pg-start|cluster-up|cluster-down|cluster-env" >&2; exit 2 ;;
 esac

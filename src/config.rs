@@ -120,6 +120,9 @@ pub struct Config {
     /// Group commit of credit-code redemptions (see redemption::batcher).
     pub commit_batch: crate::redemption::batcher::BatchLimits,
     pub redis_url: String,
+    /// Redis Cluster seed nodes (`REDIS_CLUSTER_NODES`); empty: the single
+    /// Redis at `redis_url`. When set, every Redis call goes to the cluster.
+    pub redis_cluster_nodes: Vec<String>,
     pub redis_pool_size: usize,
     pub redis_timeout: Duration,
     /// Prepended to every Redis key, so several deployments (or tests) share one Redis.
@@ -250,6 +253,7 @@ impl std::fmt::Debug for Config {
             .field("http_addr", &self.http_addr)
             .field("database_url", &redact_url(&self.database_url))
             .field("redis_url", &redact_url(&self.redis_url))
+            .field("redis_cluster_nodes", &self.redis_cluster_nodes.iter().map(|u| redact_url(u)).collect::<Vec<_>>())
             .field("redis_key_prefix", &self.redis_key_prefix)
             .field("jwt_secret", &"<redacted>")
             .field("jwt_previous_secret", &self.jwt_previous_secret.as_ref().map(|_| "<redacted>"))
@@ -331,7 +335,12 @@ impl Config {
                 // As long as a commit may wait for a pool connection today.
                 max_wait: Duration::from_millis(vars.parse("COMMIT_QUEUE_WAIT_MS", 2_000)?),
             },
-            redis_url: vars.required("REDIS_URL")?,
+            // With a cluster the seeds name the Redis; REDIS_URL is then not needed.
+            redis_url: match vars.get("REDIS_CLUSTER_NODES") {
+                Some(_) => vars.or("REDIS_URL", ""),
+                None => vars.required("REDIS_URL")?,
+            },
+            redis_cluster_nodes: vars.list("REDIS_CLUSTER_NODES"),
             redis_pool_size: vars.parse("REDIS_POOL_SIZE", 8)?,
             redis_timeout: Duration::from_millis(vars.parse("REDIS_TIMEOUT_MS", 1_000)?),
             redis_key_prefix: vars.or("REDIS_KEY_PREFIX", "rg"),
@@ -483,6 +492,12 @@ impl Config {
                 });
             }
         }
+        if let Some(bad) = self.redis_cluster_nodes.iter().find(|n| !n.starts_with("redis://")) {
+            return Err(ConfigError::Invalid {
+                name: "REDIS_CLUSTER_NODES",
+                reason: format!("{:?} (comma-separated redis://host:port seeds)", redact_url(bad)),
+            });
+        }
         if self.redis_key_prefix.contains(['{', '}']) {
             return Err(ConfigError::Invalid {
                 name: "REDIS_KEY_PREFIX",
@@ -599,6 +614,13 @@ impl<F: Fn(&str) -> Option<String>> Vars<'_, F> {
         self.get(name).unwrap_or_else(|| default.to_string())
     }
 
+    /// A comma-separated list; blanks dropped.
+    fn list(&self, name: &str) -> Vec<String> {
+        self.get(name)
+            .map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect())
+            .unwrap_or_default()
+    }
+
     fn required(&self, name: &'static str) -> Result<String, ConfigError> {
         self.get(name).ok_or(ConfigError::Missing(name))
     }
@@ -665,6 +687,22 @@ mod tests {
         pairs.extend_from_slice(&[("JWT_SECRET", EXAMPLE_JWT_SECRET), ("APP_ENV", "dev")]);
         pairs.extend_from_slice(extra);
         Config::from_lookup(lookup(&pairs))
+    }
+
+    #[test]
+    fn cluster_nodes_are_a_list_of_redis_urls_and_stand_in_for_redis_url() {
+        let c = config_with(&[("REDIS_CLUSTER_NODES", " redis://a:7000, redis://b:7001 ,")]).ok();
+        assert_eq!(c.map(|c| c.redis_cluster_nodes), Some(vec!["redis://a:7000".to_string(), "redis://b:7001".into()]));
+        assert_eq!(config_with(&[]).ok().map(|c| c.redis_cluster_nodes.len()), Some(0));
+        let err = config_with(&[("REDIS_CLUSTER_NODES", "a:7000")]).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("REDIS_CLUSTER_NODES"), "{err}");
+        let no_url = [
+            ("DATABASE_URL", "postgres://h/db"),
+            ("JWT_SECRET", EXAMPLE_JWT_SECRET),
+            ("APP_ENV", "dev"),
+            ("REDIS_CLUSTER_NODES", "redis://a:7000"),
+        ];
+        assert!(Config::from_lookup(lookup(&no_url)).is_ok());
     }
 
     #[test]

@@ -9,6 +9,7 @@ use tokio_postgres::NoTls;
 
 use crate::config::{Config, ServeRole};
 use crate::error::ApiError;
+use crate::redis_conn::{RedisConn, RedisPool};
 
 mod embedded {
     refinery::embed_migrations!("migrations");
@@ -94,30 +95,16 @@ pub fn pg_pool(config: &Config) -> anyhow::Result<Pool> {
         .build()?)
 }
 
-pub fn redis_pool(config: &Config) -> anyhow::Result<deadpool_redis::Pool> {
-    Ok(deadpool_redis::Config::from_url(&config.redis_url)
-        .builder()?
-        .max_size(config.redis_pool_size)
-        .runtime(deadpool_redis::Runtime::Tokio1)
-        .wait_timeout(Some(Duration::from_secs(2)))
-        .create_timeout(Some(Duration::from_secs(2)))
-        .recycle_timeout(Some(Duration::from_secs(1)))
-        .build()?)
+/// Connections for operator and background work (see `redis_conn`).
+pub async fn redis_pool(config: &Config) -> anyhow::Result<RedisPool> {
+    RedisPool::connect(config).await
 }
 
-/// A multiplexed, reconnecting Redis connection with the configured time-outs:
-/// the gate and the rate limiter each keep one, so neither queues behind the other.
-pub async fn redis_manager(config: &Config) -> anyhow::Result<redis::aio::ConnectionManager> {
-    let client =
-        redis::Client::open(config.redis_url.as_str()).map_err(|e| anyhow::anyhow!("REDIS_URL is not valid: {e}"))?;
-    let manager_config = redis::aio::ConnectionManagerConfig::new()
-        .set_response_timeout(Some(config.redis_timeout))
-        .set_connection_timeout(Some(config.redis_timeout))
-        .set_number_of_retries(2);
-    client
-        .get_connection_manager_with_config(manager_config)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot reach Redis at REDIS_URL: {e}"))
+/// A multiplexed, reconnecting Redis connection (one Redis or the cluster)
+/// with the configured time-outs: the gate and the rate limiter each keep one,
+/// so neither queues behind the other.
+pub async fn redis_manager(config: &Config) -> anyhow::Result<RedisConn> {
+    RedisConn::connect(config).await
 }
 
 /// Applies pending migrations of the role's schema: the wallet role its own

@@ -15,6 +15,7 @@ pub mod loadgen;
 pub mod ratelimit;
 pub mod reconciler;
 pub mod redemption;
+pub mod redis_conn;
 pub mod startup;
 pub mod state;
 pub mod telemetry;

@@ -17,7 +17,7 @@ pub struct AppState {
     pub config: Config,
     pub pg: deadpool_postgres::Pool,
     /// For operator and reconciler work; the hot path uses the gate's own connection.
-    pub redis: deadpool_redis::Pool,
+    pub redis: crate::redis_conn::RedisPool,
     pub gate: Gate,
     /// Group commit of credit-code redemptions.
     pub commits: crate::redemption::batcher::Batcher,
@@ -49,7 +49,7 @@ impl AppState {
     /// Connects to Postgres and Redis. Does not migrate.
     pub async fn connect(config: Config) -> anyhow::Result<Arc<Self>> {
         let pg = db::pg_pool(&config)?;
-        let redis = db::redis_pool(&config)?;
+        let redis = db::redis_pool(&config).await?;
         let gate = Gate::connect(&config).await?;
         let commits = crate::redemption::batcher::Batcher::start(pg.clone(), config.commit_batch);
         let limiter = Arc::new(RateLimiter::connect(&config).await?);

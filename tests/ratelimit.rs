@@ -8,6 +8,7 @@ use std::time::Duration;
 use redeem_gateway::config::Config;
 use redeem_gateway::error::ApiError;
 use redeem_gateway::ratelimit::{Bucket, Cost, RateLimiter};
+use redeem_gateway::redis_conn::RedisConn;
 
 fn redis_url() -> String {
     let _ = dotenvy::dotenv();
@@ -20,7 +21,10 @@ fn redis_url() -> String {
 fn config(overrides: &[(&str, &str)]) -> Config {
     let prefix = format!("t_rl_{:016x}", rand::random::<u64>());
     let url = redis_url();
+    // TEST_REDIS_CLUSTER_NODES: the same checks against the Redis Cluster.
+    let nodes = std::env::var("TEST_REDIS_CLUSTER_NODES").unwrap_or_default();
     let base = [
+        ("REDIS_CLUSTER_NODES", nodes.as_str()),
         ("APP_ENV", "dev"),
         ("DATABASE_URL", "postgres://unused@127.0.0.1:1/unused"),
         ("REDIS_URL", url.as_str()),
@@ -38,8 +42,7 @@ async fn limiter(config: &Config) -> RateLimiter {
 }
 
 async fn keys_under(config: &Config) -> Vec<String> {
-    let client = redis::Client::open(config.redis_url.as_str()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut conn = RedisConn::connect(config).await.unwrap();
     redis::cmd("KEYS").arg(format!("{}:*", config.redis_key_prefix)).query_async(&mut conn).await.unwrap()
 }
 
@@ -65,8 +68,7 @@ async fn a_bucket_allows_its_burst_then_refuses_with_a_sensible_retry_after() {
     let again = rl.check(Bucket::CodeAttempt, "sara").await.unwrap();
     assert!(!again.allowed && again.retry_after <= refused.retry_after);
     // The key expires once the bucket would be full again (3 × 20 s).
-    let client = redis::Client::open(config.redis_url.as_str()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut conn = RedisConn::connect(&config).await.unwrap();
     let key = format!("{}:rl:code:sara", config.redis_key_prefix);
     let ttl: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut conn).await.unwrap();
     assert!(ttl > 50_000 && ttl <= 60_000, "pttl {ttl}");

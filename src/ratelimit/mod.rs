@@ -6,8 +6,8 @@ pub mod client_addr;
 
 use std::time::Duration;
 
+use crate::redis_conn::RedisConn;
 use futures_util::future::join_all;
-use redis::aio::ConnectionManager;
 use redis::Script;
 use sha2::{Digest, Sha256};
 
@@ -132,7 +132,7 @@ pub struct RateLimitError(#[from] redis::RedisError);
 /// multiplexed), so concurrent checks of one request share one round trip.
 #[derive(Clone)]
 pub struct RateLimiter {
-    conn: ConnectionManager,
+    conn: RedisConn,
     script: Script,
     prefix: String,
     limits: RateLimits,
@@ -148,7 +148,7 @@ impl RateLimiter {
         Ok(limiter)
     }
 
-    pub fn new(conn: ConnectionManager, limits: RateLimits, prefix: &str) -> Self {
+    pub fn new(conn: RedisConn, limits: RateLimits, prefix: &str) -> Self {
         RateLimiter {
             conn,
             script: Script::new(include_str!("../../lua/ratelimit.lua")),
@@ -244,7 +244,8 @@ impl RateLimiter {
     /// `prefix:rl:bucket:subject`. A subject that is long or unusual (it
     /// may be a raw username from a login body) is replaced by its hash, so
     /// clients cannot grow keys or inject a Cluster hash tag.
-    fn key(&self, bucket: Bucket, subject: &str) -> String {
+    /// The one key a check of `bucket` for `subject` gives lua/ratelimit.lua.
+    pub fn key(&self, bucket: Bucket, subject: &str) -> String {
         format!("{}:rl:{}:{}", self.prefix, bucket.name(), key_safe(subject))
     }
 }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use redis::aio::ConnectionManager;
+use crate::redis_conn::RedisConn;
 use redis::{AsyncCommands, Script};
 
 use super::touched::{self, RecentMarks};
@@ -182,11 +182,37 @@ impl Keys {
     fn live(&self) -> [&str; 6] {
         [&self.meta, &self.claims, &self.pending, &self.free, &self.dropped, &self.owners]
     }
+
+    /// claim.lua's KEYS[1..7].
+    fn claim(&self) -> [&str; 7] {
+        [&self.meta, &self.claims, &self.pending, &self.free, &self.stats, &self.dropped, &self.owners]
+    }
+
+    /// set_limit.lua's KEYS[1..3].
+    fn set_limit(&self) -> [&str; 3] {
+        [&self.meta, &self.free, &self.dropped]
+    }
+
+    /// Where install() stages a rebuild (install.lua's KEYS[7..9]): under the
+    /// code's hash tag, so the swap stays in its slot.
+    fn staged(&self, tag: u64) -> [String; 3] {
+        let base = &self.base;
+        [
+            format!("{base}:staged:{tag:x}:claims"),
+            format!("{base}:staged:{tag:x}:free"),
+            format!("{base}:staged:{tag:x}:owners"),
+        ]
+    }
+
+    /// Every key one install_fresh() pipeline writes.
+    fn fresh(&self) -> [&str; 6] {
+        [&self.claims, &self.pending, &self.free, &self.dropped, &self.owners, &self.meta]
+    }
 }
 
 #[derive(Clone)]
 pub struct Gate {
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: String,
     claim_grace_ms: u64,
     claim: Script,
@@ -263,6 +289,31 @@ impl Gate {
         }
     }
 
+    /// The keys each script and each pipeline of the gate receives for
+    /// `code`, from the same builders the calls use: the slot test checks
+    /// that each list stays in one Cluster slot.
+    pub fn keys_by_call(&self, code: &str) -> Vec<(&'static str, Vec<String>)> {
+        let k = self.keys(code);
+        let owned = |keys: &[&str]| keys.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let mut install = owned(&k.live());
+        install.extend(k.staged(rand::random::<u64>()));
+        vec![
+            ("claim.lua", owned(&k.claim())),
+            ("release.lua", owned(&k.live())),
+            ("cancel.lua", owned(&k.live())),
+            ("audit.lua", owned(&k.live())),
+            ("install.lua", install),
+            ("install staging pipeline", k.staged(rand::random::<u64>()).to_vec()),
+            ("install_fresh pipeline", owned(&k.fresh())),
+            ("set_limit.lua", owned(&k.set_limit())),
+            ("set_status.lua", vec![k.meta.clone()]),
+            ("snapshot pipeline", owned(&[&k.meta, &k.free, &k.claims, &k.pending, &k.dropped, &k.stats])),
+            ("owners_in / stale_claims", owned(&[&k.owners, &k.claims, &k.pending])),
+            ("reconciler lock (SET NX, unlock script)", vec![self.lock_key("reconciler")]),
+            ("rebuild lock (SET NX, unlock script)", vec![self.lock_key(&format!("rebuild:{code}"))]),
+        ]
+    }
+
     pub async fn ping(&self) -> Result<(), String> {
         let mut conn = self.conn.clone();
         redis::cmd("PING").query_async::<String>(&mut conn).await.map(|_| ()).map_err(|e| e.to_string())
@@ -282,13 +333,7 @@ impl Gate {
             };
             reply = self
                 .claim
-                .key(&k.meta)
-                .key(&k.claims)
-                .key(&k.pending)
-                .key(&k.free)
-                .key(&k.stats)
-                .key(&k.dropped)
-                .key(&k.owners)
+                .key(&k.claim()[..])
                 .arg(holder)
                 .arg(self.claim_grace_ms)
                 .arg(deadline)
@@ -492,9 +537,7 @@ impl Gate {
         const CHUNK: usize = 5_000;
         let k = self.keys(code);
         let tag = rand::random::<u64>();
-        let staged_claims = format!("{}:staged:{tag:x}:claims", k.base);
-        let staged_free = format!("{}:staged:{tag:x}:free", k.base);
-        let staged_owners = format!("{}:staged:{tag:x}:owners", k.base);
+        let [staged_claims, staged_free, staged_owners] = k.staged(tag);
         let mut conn = self.conn.clone();
         for chunk in claims.chunks(CHUNK) {
             let owners: Vec<(i32, &str)> = chunk.iter().map(|(h, t)| (*t, h.as_str())).collect();
@@ -601,32 +644,42 @@ fn snapshot_from((meta, free, claims, pending, dropped, rejections): SnapshotPar
 }
 
 impl Gate {
-    /// Installs empty state for brand-new codes (bulk creation), pipelined.
+    /// Installs empty state for brand-new codes (bulk creation): one
+    /// pipeline per code (a pipeline must stay in one Cluster slot), a
+    /// thousand in flight at once on the multiplexed connection.
     pub async fn install_fresh(&self, codes: &[String], limit: i32, controls: &Controls) -> Result<(), GateError> {
-        let mut conn = self.conn.clone();
         for chunk in codes.chunks(1_000) {
-            let mut pipe = redis::pipe();
-            for code in chunk {
-                let k = self.keys(code);
-                pipe.del(&[&k.claims, &k.pending, &k.free, &k.dropped, &k.owners, &k.meta]).ignore();
-                let mut fields = vec![
-                    ("limit", limit.to_string()),
-                    ("next", "0".to_string()),
-                    ("limit_version", "0".to_string()),
-                    ("status", controls.status.to_string()),
-                    ("status_rev", controls.rev.to_string()),
-                ];
-                if let Some(s) = controls.starts_ms {
-                    fields.push(("starts_ms", s.to_string()));
-                }
-                if let Some(e) = controls.ends_ms {
-                    fields.push(("ends_ms", e.to_string()));
-                }
-                pipe.hset_multiple(&k.meta, &fields).ignore();
+            let sends = chunk.iter().map(|code| {
+                let pipe = self.fresh_pipeline(code, limit, controls);
+                let mut conn = self.conn.clone();
+                async move { pipe.query_async::<()>(&mut conn).await }
+            });
+            for sent in futures_util::future::join_all(sends).await {
+                sent?;
             }
-            pipe.query_async::<()>(&mut conn).await?;
         }
         Ok(())
+    }
+
+    fn fresh_pipeline(&self, code: &str, limit: i32, controls: &Controls) -> redis::Pipeline {
+        let k = self.keys(code);
+        let mut pipe = redis::pipe();
+        pipe.del(&k.fresh()[..]).ignore();
+        let mut fields = vec![
+            ("limit", limit.to_string()),
+            ("next", "0".to_string()),
+            ("limit_version", "0".to_string()),
+            ("status", controls.status.to_string()),
+            ("status_rev", controls.rev.to_string()),
+        ];
+        if let Some(s) = controls.starts_ms {
+            fields.push(("starts_ms", s.to_string()));
+        }
+        if let Some(e) = controls.ends_ms {
+            fields.push(("ends_ms", e.to_string()));
+        }
+        pipe.hset_multiple(&k.meta, &fields).ignore();
+        pipe
     }
 
     /// Sets the gate's limit (if the code's state is loaded; otherwise a
@@ -643,9 +696,7 @@ impl Gate {
         loop {
             let (done, left): (i64, i64) = self
                 .set_limit
-                .key(&k.meta)
-                .key(&k.free)
-                .key(&k.dropped)
+                .key(&k.set_limit()[..])
                 .arg(limit)
                 .arg(version)
                 .arg(MOVES_PER_CALL)
@@ -838,12 +889,16 @@ impl Gate {
 
     /// Takes the lock `name` for `ttl_ms` if nobody holds it; `None` if somebody does.
     pub async fn try_lock(&self, name: &str, ttl_ms: u64) -> Result<Option<LockGuard>, GateError> {
-        let key = format!("{}:lock:{name}", self.prefix);
+        let key = self.lock_key(name);
         let token = format!("{:x}", rand::random::<u128>());
         let mut conn = self.conn.clone();
         let won: Option<String> =
             redis::cmd("SET").arg(&key).arg(&token).arg("NX").arg("PX").arg(ttl_ms).query_async(&mut conn).await?;
         Ok(won.map(|_| LockGuard { key, token }))
+    }
+
+    fn lock_key(&self, name: &str) -> String {
+        format!("{}:lock:{name}", self.prefix)
     }
 
     /// Releases a lock if we still hold it (compare-and-delete).

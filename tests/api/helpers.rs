@@ -7,6 +7,7 @@ use redeem_gateway::auth::{Role, Scope};
 use redeem_gateway::codes::admin::{create_code, CreateCode};
 use redeem_gateway::codes::Code;
 use redeem_gateway::config::Config;
+use redeem_gateway::redis_conn::RedisConn;
 use redeem_gateway::startup::{AppState, Application};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -24,6 +25,12 @@ fn service_urls() -> (String, String) {
         .or_else(|_| std::env::var("REDIS_URL"))
         .unwrap_or_else(|_| "redis://127.0.0.1:6479/".into());
     (pg, redis)
+}
+
+/// The Redis Cluster seeds to test against instead of the single Redis
+/// (`TEST_REDIS_CLUSTER_NODES`, from `scripts/services.sh cluster-env`).
+pub fn cluster_nodes() -> Option<String> {
+    std::env::var("TEST_REDIS_CLUSTER_NODES").ok().filter(|v| !v.is_empty())
 }
 
 pub struct TestApp {
@@ -105,6 +112,9 @@ fn test_config(database_url: &str, redis_url: &str, prefix: &str, overrides: &[(
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
+    if let Some(nodes) = cluster_nodes() {
+        vars.insert("REDIS_CLUSTER_NODES".into(), nodes);
+    }
     for (k, v) in overrides {
         vars.insert(k.to_string(), v.to_string());
     }
@@ -340,9 +350,11 @@ impl TestApp {
         test_config(&database_url, &self.redis_url, &self.prefix, overrides)
     }
 
-    /// A raw Redis connection, for inspecting or damaging the gate's keys.
-    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.redis_url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap()
+    /// A raw Redis connection, for inspecting or damaging the gate's keys:
+    /// our own, to the app's Redis or cluster, to the app's Redis or cluster (KEYS,
+    /// DEL, CONFIG SET, SLOWLOG go to every master there).
+    pub async fn redis(&self) -> RedisConn {
+        RedisConn::connect(&self.state.config).await.unwrap()
     }
 
     pub fn key(&self, code: &str, part: &str) -> String {

@@ -13,6 +13,7 @@ mod admin;
 mod auth;
 mod bad_input;
 mod batching;
+mod cluster;
 mod controls;
 mod coupons;
 mod openapi;

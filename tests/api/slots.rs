@@ -369,7 +369,7 @@ async fn set_limit_on_a_big_code() {
 /// One limit change on BIGCODE, timed from here and by Redis's SLOWLOG.
 async fn timed_set_limit(
     app: &TestApp,
-    conn: &mut redis::aio::MultiplexedConnection,
+    conn: &mut redeem_gateway::redis_conn::RedisConn,
     label: &str,
     limit: i32,
     version: i64,
@@ -417,10 +417,8 @@ async fn audits_during_a_burst_never_free_a_held_ticket() {
     let meta = app.key("AUDITED", "meta");
     let auditor = {
         let (state, done, meta) = (app.state.clone(), done.clone(), meta.clone());
-        let redis_url = app.redis_url.clone();
+        let mut conn = app.redis().await;
         tokio::spawn(async move {
-            let mut conn =
-                redis::Client::open(redis_url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
             let (mut audits, mut freed) = (0, 0);
             while !done.load(std::sync::atomic::Ordering::Acquire) {
                 // Forget the last audit, so that this pass audits the code again.

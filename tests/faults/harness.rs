@@ -199,6 +199,12 @@ fn wait_for_port(port: u16, within: Duration) {
     }
 }
 
+/// The shared Redis Cluster to run the fault tests on (make test sets it
+/// for its second pass; see the Makefile), if any.
+fn shared_cluster_nodes() -> Option<String> {
+    std::env::var("TEST_REDIS_CLUSTER_NODES").ok().filter(|v| !v.is_empty())
+}
+
 /// Settings shared by every gateway process of one test.
 #[derive(Clone)]
 pub struct GatewayEnv {
@@ -209,8 +215,40 @@ pub struct GatewayEnv {
 }
 
 impl GatewayEnv {
+    /// With TEST_REDIS_CLUSTER_NODES set, the gateways use that cluster
+    /// instead of `redis_url` (see `on_cluster`).
     pub fn new(database_url: String, redis_url: String) -> Self {
-        GatewayEnv { database_url, redis_url, prefix: format!("f_{:08x}", rand::random::<u32>()), extra: vec![] }
+        let mut extra = vec![];
+        if let Some(nodes) = shared_cluster_nodes() {
+            extra.push(("REDIS_CLUSTER_NODES".to_string(), nodes));
+        }
+        GatewayEnv { database_url, redis_url, prefix: format!("f_{:08x}", rand::random::<u32>()), extra }
+    }
+
+    /// Whether the gateways speak to a Redis Cluster.
+    #[allow(dead_code)] // used by the fault tests, not the simulation
+    pub fn on_cluster(&self) -> bool {
+        self.extra.iter().any(|(k, _)| k == "REDIS_CLUSTER_NODES")
+    }
+
+    /// A Redis connection like the gateways' own (single Redis or cluster).
+    #[allow(dead_code)] // used by the fault tests, not the simulation
+    pub async fn redis(&self) -> redeem_gateway::redis_conn::RedisConn {
+        let vars = self.vars(0);
+        let config = Config::from_lookup(|n| vars.iter().rev().find(|(k, _)| k == n).map(|(_, v)| v.clone())).unwrap();
+        redeem_gateway::redis_conn::RedisConn::connect(&config).await.unwrap()
+    }
+
+    /// Deletes this test's keys everywhere (on a cluster: on every master),
+    /// as a FLUSHALL would for this test alone.
+    #[allow(dead_code)] // used by the fault tests, not the simulation
+    pub async fn wipe_redis(&self) {
+        let mut conn = self.redis().await;
+        let keys: Vec<String> =
+            redis::cmd("KEYS").arg(format!("{}:*", self.prefix)).query_async(&mut conn).await.unwrap();
+        if !keys.is_empty() {
+            redis::cmd("DEL").arg(&keys).query_async::<()>(&mut conn).await.unwrap();
+        }
     }
 
     fn vars(&self, port: u16) -> Vec<(String, String)> {

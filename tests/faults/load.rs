@@ -23,7 +23,7 @@ pub struct Progress {
     pub successes: AtomicUsize,
     pub finished: AtomicUsize,
     pub retries: AtomicUsize,
-    /// Answers that are neither final nor 503 (a 500, say): must stay 0.
+    /// Answers that are neither final nor 503 with Retry-After (a 500, say): must stay 0.
     pub unexpected: AtomicUsize,
 }
 
@@ -126,7 +126,8 @@ async fn redeem_until_final(
                 if matches!(status, 200 | 404 | 409 | 410 | 422) {
                     return status;
                 }
-                if status != 503 {
+                // A 503 must say when to come back; anything else (a 500) is a bug.
+                if status != 503 || !res.headers().contains_key("retry-after") {
                     progress.unexpected.fetch_add(1, Ordering::Relaxed);
                 }
             }

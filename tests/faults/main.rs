@@ -5,6 +5,8 @@
 //! L x amount, every balance == its ledger, every 200 backed by a row.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod cluster;
+mod failover;
 mod harness;
 mod load;
 #[path = "../support/local_pg.rs"]

@@ -87,7 +87,12 @@ async fn redis_flushed_mid_burst() {
     let setup = Setup::new(env, "FLUSHED", &[&gateway]);
 
     let (wave, progress) = setup.start_wave().await;
-    redis.flushall().await;
+    if setup.env.on_cluster() {
+        // A shared cluster: flush this test's keys only, on every master.
+        setup.env.wipe_redis().await;
+    } else {
+        redis.flushall().await;
+    }
 
     setup.finish(wave, &progress).await;
 }
@@ -96,6 +101,12 @@ async fn redis_flushed_mid_burst() {
 async fn redis_restarted_empty_mid_burst() {
     let mut redis = RedisServer::start();
     let env = shared_env(&redis).await;
+    if env.on_cluster() {
+        // A node of the shared cluster is not ours to restart: failover.rs
+        // kills a master of a private cluster instead.
+        println!("skipped on the cluster: see failover.rs");
+        return;
+    }
     env.create_code("RESTARTED", AMOUNT, LIMIT);
     let gateway = Gateway::start(&env);
     let setup = Setup::new(env, "RESTARTED", &[&gateway]);
@@ -162,7 +173,7 @@ async fn sigterm_mid_burst_finishes_in_flight_redemptions_before_exiting() {
     let (wave, progress) = setup.start_wave().await;
     let pid = gateway.pid();
     assert!(block_in_place(|| gateway.terminate()), "gateway {pid} exited cleanly on SIGTERM");
-    let mut conn = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let mut conn = env.redis().await;
     let pending: i64 =
         redis::cmd("ZCARD").arg(format!("{}:code:{{TERM}}:pending", env.prefix)).query_async(&mut conn).await.unwrap();
     assert_eq!(pending, 0, "every in-flight claim was committed or released before exit");
