@@ -122,20 +122,20 @@ start_ceiling() {
   log "ceiling server pid $CEIL_PID on 127.0.0.1:$CEIL_PORT"
 }
 
-# redis-benchmark: EVALSHA of lua/claim.lua on the 5 keys of a code with a huge limit.
+# redis-benchmark: EVALSHA of lua/claim.lua on the 7 keys of a code with a huge limit (KEYS as at the top of the script).
 redis_ceiling() {
   local sha base
   sha=$(rcli SCRIPT LOAD "$(cat lua/claim.lua)")
   base="$PREFIX:code:{REDISBENCH}"
-  rcli DEL "$base:meta" "$base:claims" "$base:pending" "$base:free" "$base:stats" >/dev/null
+  rcli DEL "$base:meta" "$base:claims" "$base:pending" "$base:free" "$base:stats" "$base:dropped" "$base:owners" >/dev/null
   rcli HSET "$base:meta" limit 10000000 next 0 >/dev/null
   log "redis ceiling: $REDIS_N x EVALSHA claim.lua, $REDIS_C clients"
   redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" -c "$REDIS_C" -n "$REDIS_N" -r 100000000 --csv \
-    EVALSHA "$sha" 5 "$base:meta" "$base:claims" "$base:pending" "$base:free" "$base:stats" __rand_int__ 30000 \
+    EVALSHA "$sha" 7 "$base:meta" "$base:claims" "$base:pending" "$base:free" "$base:stats" "$base:dropped" "$base:owners" __rand_int__ 30000 \
     >"$WORK/redis.csv"
   REDIS_RPS=$(awk -F'"' 'NR==2 {print $4}' "$WORK/redis.csv")
   [ -n "$REDIS_RPS" ] || die "could not read redis-benchmark's result: $(cat "$WORK/redis.csv")"
-  rcli DEL "$base:meta" "$base:claims" "$base:pending" "$base:free" "$base:stats" >/dev/null
+  rcli DEL "$base:meta" "$base:claims" "$base:pending" "$base:free" "$base:stats" "$base:dropped" "$base:owners" >/dev/null
   log "redis ceiling: $REDIS_RPS claims/s"
 }
 
