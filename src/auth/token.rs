@@ -159,29 +159,56 @@ pub struct TokenKeys {
 /// User tokens that already verified, with what they said: a hit skips the
 /// HMAC and the JSON parse, and still refuses a token whose `exp` (plus the
 /// leeway) has passed. Only the signature check is saved: the disabled set is
-/// checked on every request by the extractor, as before. Keys never change
-/// while the process runs, so a token that verified once verifies again
-/// until it expires. Bounded: when full it is emptied (tokens simply verify
-/// again), so a stranger sending many tokens costs memory only up to the bound.
+/// checked on every request by the extractor, as before. A token that verified
+/// once verifies again until it expires *under the same keys*: the wallet role
+/// replaces its key set when it learns the issuer's keys again (`learn_kid`),
+/// and that empties the cache, so a token of a withdrawn key is refused at
+/// once. Bounded: when full it is emptied (tokens simply verify again), so a
+/// stranger sending many tokens costs memory only up to the bound.
 struct VerifiedTokens {
     map: std::sync::RwLock<std::collections::HashMap<Box<str>, Identity>>,
     max: usize,
+    /// Bumped when the key set changes; a verification that began under an
+    /// older set is not kept (it may have used a key now withdrawn).
+    keys_generation: std::sync::atomic::AtomicU64,
 }
 
 impl VerifiedTokens {
+    fn new(max: usize) -> Self {
+        Self { map: Default::default(), max, keys_generation: Default::default() }
+    }
+
     fn get(&self, token: &str) -> Option<Identity> {
         self.map.read().ok()?.get(token).copied()
     }
 
-    fn put(&self, token: &str, identity: Identity) {
+    /// The key set's generation, read before verifying a token.
+    fn generation(&self) -> u64 {
+        self.keys_generation.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Keeps a token verified under key generation `generation`, unless the
+    /// keys changed since (checked under the lock `keys_changed` clears under).
+    fn put(&self, token: &str, identity: Identity, generation: u64) {
         if self.max == 0 {
             return;
         }
         if let Ok(mut map) = self.map.write() {
+            if self.generation() != generation {
+                return;
+            }
             if map.len() >= self.max {
                 map.clear();
             }
             map.insert(token.into(), identity);
+        }
+    }
+
+    /// The key set was replaced: forget every token verified under the old one.
+    fn keys_changed(&self) {
+        self.keys_generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if let Ok(mut map) = self.map.write() {
+            map.clear();
         }
     }
 }
@@ -264,7 +291,7 @@ impl TokenKeys {
             ttl: config.jwt_ttl,
             service_ttl: config.service_token_ttl,
             issuer: config.jwt_issuer.clone(),
-            verified: VerifiedTokens { map: Default::default(), max: config.token_cache_size },
+            verified: VerifiedTokens::new(config.token_cache_size),
             leeway: config.jwt_leeway_seconds,
             audience: config.jwt_audience.clone(),
             service_audience: config.service_jwt_audience.clone(),
@@ -304,6 +331,7 @@ impl TokenKeys {
             if let Ok(mut v) = self.verifying.write() {
                 *v = keys;
             }
+            self.verified.keys_changed();
         }
     }
 
@@ -415,8 +443,9 @@ impl TokenKeys {
                 return Ok(identity);
             }
         }
+        let generation = self.verified.generation();
         let identity = self.verify_signed(token)?;
-        self.verified.put(token, identity);
+        self.verified.put(token, identity, generation);
         Ok(identity)
     }
 
@@ -513,6 +542,25 @@ mod tests {
             assert_eq!(keys.verify(&token).map(|i| i.user_id).ok(), Some(user));
             assert!(keys.verified.map.read().unwrap().len() <= 2);
         }
+    }
+
+    #[test]
+    fn a_change_of_keys_forgets_every_cached_token_and_a_verification_begun_before_it() {
+        let keys = keys();
+        let token = keys.issue(7, Role::User).unwrap();
+        keys.verify(&token).unwrap();
+        assert!(keys.verified.get(&token).is_some());
+        // What learn_kid does once it has replaced the key set.
+        keys.verified.keys_changed();
+        assert!(keys.verified.get(&token).is_none(), "a token of a withdrawn key must verify again");
+        // A verification that began under the old keys finishes after the change: not kept.
+        let before = keys.verified.generation();
+        keys.verified.keys_changed();
+        let identity = keys.verify_signed(&token).unwrap();
+        keys.verified.put(&token, identity, before);
+        assert!(keys.verified.get(&token).is_none());
+        keys.verify(&token).unwrap();
+        assert!(keys.verified.get(&token).is_some(), "kept again under the current keys");
     }
 
     fn sign_with_kid(kid: Option<&str>, secret: &str) -> String {

@@ -15,13 +15,32 @@ use crate::config::Config;
 use crate::error::ApiError;
 
 #[derive(Debug, thiserror::Error)]
-#[error("redis: {0}")]
-pub struct GateError(#[from] redis::RedisError);
+#[error("redis: {source}")]
+pub struct GateError {
+    #[source]
+    source: redis::RedisError,
+    /// Failed before the claim script was sent (the touch mark before it):
+    /// nothing of this request can be held, so nothing may be released.
+    claim_not_sent: bool,
+}
+
+impl From<redis::RedisError> for GateError {
+    fn from(source: redis::RedisError) -> Self {
+        Self { source, claim_not_sent: false }
+    }
+}
 
 impl GateError {
-    /// The command may have run; only its reply is missing.
+    /// The claim may have run; only its reply is missing. Never true when the
+    /// claim was not sent: releasing then would free a claim another request
+    /// of the same holder holds while its commit is in flight.
     pub fn is_timeout(&self) -> bool {
-        self.0.is_timeout()
+        !self.claim_not_sent && self.source.is_timeout()
+    }
+
+    fn before_claim(mut self) -> Self {
+        self.claim_not_sent = true;
+        self
     }
 }
 
@@ -329,7 +348,7 @@ impl Gate {
         for _ in 0..3 {
             let deadline = match self.marks.deadline_ms(code) {
                 Some(deadline) => deadline,
-                None => self.mark(code).await?,
+                None => self.mark(code).await.map_err(GateError::before_claim)?,
             };
             reply = self
                 .claim
@@ -582,37 +601,22 @@ impl Gate {
         Ok(self.snapshots(&[code]).await?.pop().flatten())
     }
 
-    /// The snapshots of many codes, pipelined (the reconciler's batch read).
+    /// The snapshots of many codes (the reconciler's batch read): one
+    /// pipeline per code, since a pipeline must stay in one Cluster slot, and
+    /// up to 500 of them in flight at once on the multiplexed connection.
     pub async fn snapshots<S: AsRef<str>>(&self, codes: &[S]) -> Result<Vec<Option<GateSnapshot>>, GateError> {
-        let mut conn = self.conn.clone();
         let mut out = Vec::with_capacity(codes.len());
         for chunk in codes.chunks(500) {
-            let mut pipe = redis::pipe();
-            for code in chunk {
+            let reads = chunk.iter().map(|code| {
                 let k = self.keys(code.as_ref());
-                pipe.hgetall(&k.meta)
-                    .llen(&k.free)
-                    .hlen(&k.claims)
-                    .zcard(&k.pending)
-                    .zcard(&k.dropped)
-                    .hgetall(&k.stats);
+                let mut pipe = redis::pipe();
+                pipe.hgetall(&k.meta).llen(&k.free).hlen(&k.claims).zcard(&k.pending).zcard(&k.dropped).hgetall(&k.stats);
+                let mut conn = self.conn.clone();
+                async move { pipe.query_async::<SnapshotParts>(&mut conn).await }
+            });
+            for parts in futures_util::future::join_all(reads).await {
+                out.push(snapshot_from(parts?));
             }
-            let parts: Vec<SnapshotParts> = {
-                let flat: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
-                let mut parts = Vec::with_capacity(chunk.len());
-                let mut values = flat.into_iter();
-                while let (Some(m), Some(f), Some(c), Some(p), Some(d), Some(r)) =
-                    (values.next(), values.next(), values.next(), values.next(), values.next(), values.next())
-                {
-                    let group = redis::Value::Array(vec![m, f, c, p, d, r]);
-                    parts.push(
-                        <SnapshotParts as redis::FromRedisValue>::from_redis_value(group)
-                            .map_err(redis::RedisError::from)?,
-                    );
-                }
-                parts
-            };
-            out.extend(parts.into_iter().map(snapshot_from));
         }
         Ok(out)
     }
