@@ -40,7 +40,7 @@ LIMIT=${BENCH_LIMIT:-1000}
 INTERVAL=${RECONCILE_INTERVAL_SECONDS:-5}
 OUT=${SCALE_OUT:-bench/results/scale.md}
 WORK=$(mktemp -d /tmp/redeem-bench-scale.XXXXXX)
-MAX_BULK=100000
+MAX_BULK=20000  # per request: one big insert can outrun the statement timeout on a loaded machine
 
 log() { printf '[bench-scale] %s\n' "$*" >&2; }
 die() { printf '[bench-scale] ERROR: %s\n' "$*" >&2; exit 1; }
