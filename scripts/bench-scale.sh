@@ -17,7 +17,8 @@
 # Knobs (environment): SCALE_CODES (100000), SCALE_USERS (1000000),
 # SCALE_IDLE_SECONDS (30), BENCH_DURATION (10), BENCH_CONNECTIONS (256),
 # BENCH_USERS (20000), BENCH_LIMIT (1000), RECONCILE_INTERVAL_SECONDS (5),
-# SCALE_OUT (bench/results/scale.md).
+# SCALE_OUT (bench/results/scale.md), SCALE_NO_BUILD=1 (use the release
+# binaries as they are).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -39,7 +40,7 @@ LIMIT=${BENCH_LIMIT:-1000}
 INTERVAL=${RECONCILE_INTERVAL_SECONDS:-5}
 OUT=${SCALE_OUT:-bench/results/scale.md}
 WORK=$(mktemp -d /tmp/redeem-bench-scale.XXXXXX)
-MAX_BULK=100000
+MAX_BULK=20000  # per request: one big insert can outrun the statement timeout on a loaded machine
 
 log() { printf '[bench-scale] %s\n' "$*" >&2; }
 die() { printf '[bench-scale] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -63,7 +64,7 @@ free_port() {
 }
 
 wipe_prefix() {
-  rcli --scan --pattern "$PREFIX:*" --count 10000 | xargs -r -n 1000 redis-cli -h 127.0.0.1 -p "$REDIS_PORT" unlink >/dev/null
+  rcli --scan --pattern "$PREFIX:*" | xargs -r -n 1000 redis-cli -h 127.0.0.1 -p "$REDIS_PORT" unlink >/dev/null
 }
 
 fresh_database() {
@@ -73,7 +74,7 @@ fresh_database() {
 }
 
 gateway_env() {
-  export APP_ENV=dev LOG_FORMAT=text RUST_LOG="warn,redeem_gateway::reconciler=debug"
+  export APP_ENV=dev LOG_FORMAT=json RUST_LOG="warn,redeem_gateway::reconciler=debug"
   export RATE_LIMIT_ENABLED=false METRICS_ADDR=off RECONCILE_INTERVAL_SECONDS=$INTERVAL
   export DATABASE_URL="postgres://postgres:$PGPASSWORD@127.0.0.1:$PG_PORT/$BENCH_DB"
   export REDIS_URL="redis://127.0.0.1:$REDIS_PORT/" REDIS_KEY_PREFIX=$PREFIX
@@ -82,7 +83,7 @@ gateway_env() {
   export JWT_SECRET
 }
 
-# Starts the gateway; prints the seconds from spawn to the first 200 of /healthz.
+# Starts the gateway; sets STARTED_IN to the seconds from spawn to the first 200 of /healthz.
 start_gateway() {
   local t0 _
   t0=$(now)
@@ -90,7 +91,7 @@ start_gateway() {
   GW_PID=$!
   for _ in $(seq 6000); do
     if curl -fsS -o /dev/null "http://$HTTP_ADDR/healthz" 2>/dev/null; then
-      echo "$(now) - $t0" | bc -l | xargs printf '%.2f\n'
+      STARTED_IN=$(printf '%.2f' "$(echo "$(now) - $t0" | bc -l)")
       return
     fi
     kill -0 "$GW_PID" 2>/dev/null || die "gateway exited: $(tail -n 20 "$WORK/gateway.log")"
@@ -119,7 +120,7 @@ cpu_ticks() {
 
 # Reconciler pass durations (ms) logged since line $1 of the gateway log: "n mean max".
 pass_times() {
-  tail -n +"$1" "$WORK/gateway.log" | grep 'reconciler run' | grep -o 'duration_ms=[0-9]*' | cut -d= -f2 \
+  tail -n +"$1" "$WORK/gateway.log" | grep 'reconciler run' | grep -o '"duration_ms":[0-9]*' | cut -d: -f2 \
     | awk '{n++; s+=$1; if ($1>m) m=$1} END {if (n) printf "%d %.0f %d\n", n, s/n, m; else print "0 0 0"}'
 }
 
@@ -184,7 +185,7 @@ run_case() {
   t0=$(now)
   psql_bench -c "INSERT INTO users (username, password_hash) SELECT 'scale_' || g, '!' FROM generate_series(1, $users) g" >/dev/null
   log "$users users inserted in $(printf '%.1f' "$(echo "$(now) - $t0" | bc -l)") s"
-  start_gateway >/dev/null
+  start_gateway
   t0=$(now)
   bulk_codes "$codes"
   log "$codes codes created in $(printf '%.1f' "$(echo "$(now) - $t0" | bc -l)") s"
@@ -205,11 +206,12 @@ run_case() {
   read -r n mean max <<<"$(pass_times "$line")"
   echo "passes=$n" >>"$r"; echo "pass_mean_ms=$mean" >>"$r"; echo "pass_max_ms=$max" >>"$r"
   echo "pass_stats=$(tail -n +"$line" "$WORK/gateway.log" | grep 'reconciler run' | tail -n1 \
-    | grep -o 'codes_checked=[0-9]*\|codes_worked=[0-9]*\|codes_swept=[0-9]*' | tr '\n' ' ')" >>"$r"
+    | grep -o '"codes_checked":[0-9]*\|"codes_worked":[0-9]*\|"codes_swept":[0-9]*' | tr -d '"' | tr '\n' ' ')" >>"$r"
 
   log "restart"
   stop_gateway
-  echo "restart_healthz_s=$(start_gateway)" >>"$r"
+  start_gateway
+  echo "restart_healthz_s=$STARTED_IN" >>"$r"
 
   log "flood and burst (loadgen)"
   line=$(loadgen_run flood)
@@ -223,7 +225,8 @@ run_case() {
   log "restart with the Redis keys deleted (as FLUSHALL)"
   stop_gateway
   wipe_prefix
-  echo "flushed_restart_healthz_s=$(start_gateway)" >>"$r"
+  start_gateway
+  echo "flushed_restart_healthz_s=$STARTED_IN" >>"$r"
   read -r secs tries <<<"$(first_redemption)"
   echo "on_demand_s=$secs" >>"$r"; echo "on_demand_tries=$tries" >>"$r"
   line=$(( $(wc -l <"$WORK/gateway.log") + 1 ))
@@ -291,8 +294,12 @@ main() {
   scripts/services.sh up
   PGPASSWORD=$(scripts/services.sh pg-password)
   export PGPASSWORD
-  log "building release binaries"
-  cargo build --release --bins
+  if [ "${SCALE_NO_BUILD:-0}" = 1 ]; then
+    log "using the release binaries as built ($(stat -c %y "$BIN/redeem-gateway" | cut -d. -f1))"
+  else
+    log "building release binaries"
+    cargo build --release --bins
+  fi
   GW_PORT=$(free_port 18180)
   gateway_env
   local load_before
