@@ -610,12 +610,21 @@ impl Gate {
             let reads = chunk.iter().map(|code| {
                 let k = self.keys(code.as_ref());
                 let mut pipe = redis::pipe();
-                pipe.hgetall(&k.meta).llen(&k.free).hlen(&k.claims).zcard(&k.pending).zcard(&k.dropped).hgetall(&k.stats);
+                // `pending` before `meta`: a release that drops a claim and marks the
+                // code dirty (one script) is then seen by one read or the other, never
+                // missed by both (the reconciler would call the code settled).
+                pipe.zcard(&k.pending)
+                    .hgetall(&k.meta)
+                    .llen(&k.free)
+                    .hlen(&k.claims)
+                    .zcard(&k.dropped)
+                    .hgetall(&k.stats);
                 let mut conn = self.conn.clone();
-                async move { pipe.query_async::<SnapshotParts>(&mut conn).await }
+                async move { pipe.query_async::<PendingFirst>(&mut conn).await }
             });
             for parts in futures_util::future::join_all(reads).await {
-                out.push(snapshot_from(parts?));
+                let (pending, meta, free, claims, dropped, stats) = parts?;
+                out.push(snapshot_from((meta, free, claims, pending, dropped, stats)));
             }
         }
         Ok(out)
@@ -623,6 +632,8 @@ impl Gate {
 }
 
 type SnapshotParts = (HashMap<String, String>, i64, i64, i64, i64, HashMap<String, i64>);
+/// A snapshot as read: pending, meta, free, claims, dropped, stats.
+type PendingFirst = (i64, HashMap<String, String>, i64, i64, i64, HashMap<String, i64>);
 
 fn snapshot_from((meta, free, claims, pending, dropped, rejections): SnapshotParts) -> Option<GateSnapshot> {
     {
@@ -921,4 +932,16 @@ impl Gate {
 pub struct LockGuard {
     key: String,
     token: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mark_that_timed_out_before_the_claim_is_no_reason_to_release() {
+        let timeout = || redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"));
+        assert!(GateError::from(timeout()).is_timeout(), "a claim that timed out may have run");
+        assert!(!GateError::from(timeout()).before_claim().is_timeout(), "no claim was sent");
+    }
 }
