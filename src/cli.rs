@@ -19,7 +19,7 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Migrate, reconcile once, and serve HTTP on HTTP_ADDR.
+    /// Migrate and serve HTTP on HTTP_ADDR (the reconciler starts in the background).
     Serve {
         /// all (one process, the default), or one half of the split: wallet
         /// (balances, ledger, service credits) or redemption (everything
