@@ -19,5 +19,6 @@ pub mod redis_conn;
 pub mod startup;
 pub mod state;
 pub mod telemetry;
+pub mod text;
 pub mod vouchers;
 pub mod wallet;

@@ -344,8 +344,8 @@ fn check_bulk(input: BulkCodes, default_tz: &str) -> Result<ValidBulk, ApiError>
     };
     let valid = validate(&template, default_tz)?;
     let batch = input.batch.unwrap_or_else(|| prefix.as_str().to_string());
-    if batch.is_empty() || batch.chars().count() > 64 {
-        return Err(invalid("batch must be 1-64 characters"));
+    if !crate::text::is_label(&batch, 64) {
+        return Err(invalid("batch must be 1-64 characters, none of them a control character"));
     }
     Ok(ValidBulk { prefix, count: input.count, template, valid, batch })
 }

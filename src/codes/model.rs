@@ -227,8 +227,8 @@ impl VoucherReward {
         if self.max_amount.is_some_and(|m| m <= 0) {
             return Err("max_amount must be positive".into());
         }
-        if self.voucher_type.is_empty() || self.voucher_type.chars().count() > 64 {
-            return Err("voucher_type must be 1-64 characters".into());
+        if !crate::text::is_label(&self.voucher_type, 64) {
+            return Err("voucher_type must be 1-64 characters, none of them a control character".into());
         }
         if !(1..=3650).contains(&self.valid_days) {
             return Err("valid_days must be between 1 and 3650".into());

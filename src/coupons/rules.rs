@@ -383,6 +383,9 @@ fn check_strings(field: &str, list: &Option<Vec<String>>) -> Result<(), String> 
         if chars > MAX_STR_LEN {
             return Err(format!("{field}[{i}]: {chars} characters, at most {MAX_STR_LEN} allowed"));
         }
+        if crate::text::has_control(value) {
+            return Err(format!("{field}[{i}]: a control character"));
+        }
     }
     Ok(())
 }

@@ -23,15 +23,19 @@ use crate::state::AppState;
 /// Size limits on a checkout's order (the rules judge the rest).
 pub fn check_order(order: &Order) -> Result<(), ApiError> {
     // Characters, as the schema's maxLength and the database's length() count.
-    let short = |s: &str| !s.is_empty() && s.chars().count() <= 64;
+    let short = |s: &str| crate::text::is_label(s, 64);
     if !short(&order.number) || !short(&order.payment_method) {
-        return Err(ApiError::InvalidInput("order number and payment method must be 1-64 characters".into()));
+        return Err(ApiError::InvalidInput(
+            "order number and payment method must be 1-64 characters, none of them a control character".into(),
+        ));
     }
     if order.lines.is_empty() || order.lines.len() > 500 {
         return Err(ApiError::InvalidInput("an order has 1-500 lines".into()));
     }
     if order.lines.iter().any(|l| !short(&l.sku) || !short(&l.category)) {
-        return Err(ApiError::InvalidInput("sku and category must be 1-64 characters".into()));
+        return Err(ApiError::InvalidInput(
+            "sku and category must be 1-64 characters, none of them a control character".into(),
+        ));
     }
     Ok(())
 }
