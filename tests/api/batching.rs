@@ -127,3 +127,65 @@ async fn a_batch_with_only_conflicts_skipped_commits_the_rest_in_one_transaction
     assert_eq!(transactions_of(&app, code.id).await, 2);
     app.assert_money_invariants().await;
 }
+
+/// V10 checks each statement once instead of each row; what it refuses must
+/// be what the foreign keys and the row trigger refused, under the same names
+/// (the gateway maps them to outcomes), and users and codes must stay put.
+#[tokio::test]
+async fn the_statement_checks_refuse_what_the_row_checks_refused() {
+    let app = spawn_app().await;
+    let code = app.create_code("CHECKED", AMOUNT, 2).await;
+    let (user, _) = app.create_users(1).await.remove(0);
+    let db = app.psql().await;
+    let refusal = |e: tokio_postgres::Error| {
+        let db_error = e.as_db_error().expect("a database error");
+        (db_error.code().code().to_string(), db_error.constraint().unwrap_or_default().to_string())
+    };
+    let fk = |name: &str| ("23503".to_string(), name.to_string());
+    let insert_redemption = "INSERT INTO redemptions (code_id, user_id, ticket, amount) VALUES ($1, $2, $3, 1000)";
+
+    let e = db.execute(insert_redemption, &[&code.id, &i64::MAX, &0i32]).await.unwrap_err();
+    assert_eq!(refusal(e), fk("redemptions_user_id_fkey"));
+    let e = db.execute(insert_redemption, &[&code.id, &user, &2i32]).await.unwrap_err();
+    assert_eq!(refusal(e), ("23514".into(), "redemptions_ticket_below_limit".into()), "ticket 2 of limit 2");
+    let e = db.execute(insert_redemption, &[&i64::MAX, &user, &0i32]).await.unwrap_err();
+    assert_eq!(refusal(e), ("23514".into(), "redemptions_ticket_below_limit".into()), "no such code");
+    let e = db.execute("INSERT INTO wallets (user_id, balance) VALUES ($1, 0)", &[&i64::MAX]).await.unwrap_err();
+    assert_eq!(refusal(e), fk("wallets_user_id_fkey"));
+    let e = db
+        .execute("INSERT INTO ledger (user_id, amount, kind, reference) VALUES ($1, 1, 'x', 'ghost')", &[&i64::MAX])
+        .await
+        .unwrap_err();
+    assert_eq!(refusal(e), fk("ledger_user_id_fkey"));
+    // One bad row refuses the whole multi-row statement.
+    let e = db
+        .execute(
+            "INSERT INTO redemptions (code_id, user_id, ticket, amount) VALUES ($1, $2, 0, 1000), ($1, $3, 1, 1000)",
+            &[&code.id, &user, &i64::MAX],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(refusal(e), fk("redemptions_user_id_fkey"));
+    db.execute("UPDATE codes SET status = 'paused' WHERE id = $1", &[&code.id]).await.unwrap();
+    let e = db.execute(insert_redemption, &[&code.id, &user, &0i32]).await.unwrap_err();
+    assert_eq!(refusal(e), ("23514".into(), "code_not_redeemable".into()));
+    assert_eq!(app.redemption_counts(code.id).await, (0, 0), "nothing written");
+
+    // Nothing the foreign keys protected can go away or be re-pointed.
+    db.execute("UPDATE codes SET status = 'active' WHERE id = $1", &[&code.id]).await.unwrap();
+    db.execute(insert_redemption, &[&code.id, &user, &0i32]).await.unwrap();
+    let (other, _) = app.create_users(1).await.remove(0);
+    for sql in [
+        format!("DELETE FROM users WHERE id = {user}"),
+        format!("DELETE FROM codes WHERE id = {}", code.id),
+        "TRUNCATE users CASCADE".to_string(),
+        "TRUNCATE codes CASCADE".to_string(),
+        format!("UPDATE users SET id = -id WHERE id = {user}"),
+        format!("UPDATE codes SET id = -id WHERE id = {}", code.id),
+        format!("UPDATE redemptions SET user_id = {other} WHERE code_id = {}", code.id),
+    ] {
+        let e = db.batch_execute(&sql).await.expect_err(&sql);
+        assert_eq!(refusal(e).0, "23001", "{sql}: restrict_violation");
+    }
+    assert_eq!(app.redemption_counts(code.id).await, (1, 1));
+}

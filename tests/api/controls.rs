@@ -104,14 +104,15 @@ async fn a_commit_that_reaches_the_row_after_a_pause_locked_it_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_pause_answers_only_after_a_commit_already_past_its_check_has_landed() {
+async fn a_commit_held_up_before_its_check_is_refused_by_a_pause_that_lands_first() {
     let app = spawn_app().await;
     let code = app.create_code("INFLIGHT", 100, 10).await;
     app.create_code("WALLET", 1, 10).await;
     let (user, token) = app.create_users(1).await.remove(0);
     assert_eq!(app.use_code(&token, "WALLET").await.status, 200, "the user has a wallet row");
-    // Hold the user's wallet: the commit passes its check on the code's row
-    // (holding FOR KEY SHARE), then waits on the wallet.
+    // Hold the user's wallet: the commit has written its redemption but not
+    // yet reached its check on the code's row (V10: once per statement, at
+    // its end), so it holds no lock on the code while it waits.
     let mut psql = app.psql().await;
     let tx = psql.transaction().await.unwrap();
     tx.execute("SELECT 1 FROM wallets WHERE user_id = $1 FOR UPDATE", &[&user]).await.unwrap();
@@ -120,20 +121,52 @@ async fn a_pause_answers_only_after_a_commit_already_past_its_check_has_landed()
         tokio::spawn(async move { client.post(url).bearer_auth(token).json(&json!({"code": "INFLIGHT"})).send().await })
     };
     wait_for_lock_waiters(&app, 1).await;
-    let admin = app.admin_token();
-    let pause = {
-        let (client, url) = (app.client.clone(), format!("{}/admin/codes/INFLIGHT/pause", app.address));
-        tokio::spawn(async move { client.post(url).bearer_auth(admin).send().await })
-    };
-    wait_for_lock_waiters(&app, 2).await;
-    assert!(!pause.is_finished(), "the pause waits for the commit in flight");
+    let paused = app.post("/admin/codes/INFLIGHT/pause", json!({}), Some(&app.admin_token())).await;
+    assert_eq!(paused.status, 200, "nothing holds the code: the pause lands at once: {:?}", paused.body);
     tx.rollback().await.unwrap();
-    assert_eq!(redeem.await.unwrap().unwrap().status(), 200, "it passed its check before the pause");
-    assert_eq!(pause.await.unwrap().unwrap().status(), 200);
-    assert_eq!(app.redemption_counts(code.id).await, (1, 1));
-    // The commit landed before the pause: its transaction ended first.
-    let after = app.create_users(1).await.remove(0).1;
-    assert_eq!(app.use_code(&after, "INFLIGHT").await.status, 422);
+    let res = redeem.await.unwrap().unwrap();
+    assert_eq!(res.status(), 422, "checked after the pause committed: {:?}", res.text().await);
+    assert_eq!(app.redemption_counts(code.id).await, (0, 0), "its redemption went with the statement");
+    assert_eq!(app.balance_of(user).await, 1, "and so did its credit");
+    app.assert_money_invariants().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_limit_cut_below_a_commit_held_up_before_its_check_binds_it() {
+    let app = spawn_app().await;
+    let code = app.create_code("CUT", 100, 10).await;
+    app.create_code("WALLET", 1, 10).await;
+    for (_, token) in app.create_users(3).await {
+        assert_eq!(app.use_code(&token, "CUT").await.status, 200, "tickets 0, 1, 2");
+    }
+    let (user, token) = app.create_users(1).await.remove(0);
+    assert_eq!(app.use_code(&token, "WALLET").await.status, 200, "the user has a wallet row");
+    // Ticket 3's commit waits on the user's wallet, before its check on the code.
+    let mut psql = app.psql().await;
+    let tx = psql.transaction().await.unwrap();
+    tx.execute("SELECT 1 FROM wallets WHERE user_id = $1 FOR UPDATE", &[&user]).await.unwrap();
+    let redeem = {
+        let (client, url, token) = (app.client.clone(), format!("{}/codes/use", app.address), token.clone());
+        tokio::spawn(async move { client.post(url).bearer_auth(token).json(&json!({"code": "CUT"})).send().await })
+    };
+    wait_for_lock_waiters(&app, 1).await;
+    let admin = app.admin_token();
+    let patch = |limit: i64| {
+        app.request(reqwest::Method::PATCH, "/admin/codes/CUT", Some(json!({ "limit": limit })), Some(&admin))
+    };
+    assert_eq!(patch(3).await.status, 200, "ticket 3 is not committed: the limit may go down to 3 at once");
+    tx.rollback().await.unwrap();
+    let res = redeem.await.unwrap().unwrap();
+    assert_eq!(res.status(), 410, "ticket 3 is not below the new limit: {:?}", res.text().await);
+    assert_eq!(app.redemption_counts(code.id).await, (3, 3), "never more than the limit in force");
+    assert_eq!(app.balance_of(user).await, 1);
+    // Raised again, the set-aside ticket comes back: exactly 7 more.
+    assert_eq!(patch(10).await.status, 200);
+    let late: Vec<String> = app.create_users(9).await.into_iter().map(|(_, t)| t).collect();
+    let answers = app.burst(&late, "CUT").await;
+    assert_eq!(crate::helpers::count_status(&answers, 200), 7);
+    assert_eq!(app.redemption_counts(code.id).await, (10, 10));
+    app.assert_money_invariants().await;
 }
 
 /// Waits until `n` of the app's connections wait on a lock.

@@ -197,10 +197,16 @@ async fn the_report_counts_redemptions_and_rejections() {
     assert_eq!((res.status.as_u16(), res.error_code()), (404, "code_not_found"));
 }
 
-fn status_histogram(responses: &[crate::helpers::Response]) -> std::collections::BTreeMap<u16, usize> {
+/// Answers by status, with the error message for anything but 200 and 410,
+/// so a failed burst says why (which 503: queue, pool, Redis...).
+fn status_histogram(responses: &[crate::helpers::Response]) -> std::collections::BTreeMap<String, usize> {
     let mut h = std::collections::BTreeMap::new();
     for r in responses {
-        *h.entry(r.status.as_u16()).or_default() += 1;
+        let key = match r.status.as_u16() {
+            s @ (200 | 410) => s.to_string(),
+            s => format!("{s} {}", r.body["error"]["message"]),
+        };
+        *h.entry(key).or_default() += 1;
     }
     h
 }
