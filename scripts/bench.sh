@@ -194,6 +194,28 @@ pg_balance_ceiling() {
   log "postgres balance: $PG_BALANCE_QPS queries/s"
 }
 
+# Schema cost: the same two pgbench ceilings on a scratch database whose
+# credit path has the per-row checks V10 replaced (scripts/bench/row-checks.sql:
+# the row trigger and the foreign keys), so the report shows both schemas
+# measured in one run. The ceilings above (the schema in use) stay as they were.
+schema_cost() {
+  local db=${BENCH_DB}_rowchecks saved_db=$BENCH_DB saved_tps=$PG_TPS saved_batch=$PG_BATCH_CPS
+  local saved_first=$first_user saved_last=$last_user
+  log "schema cost: scratch database $db with the per-row checks"
+  psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null
+  psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "CREATE DATABASE $db" >/dev/null
+  DATABASE_URL="postgres://postgres:$PGPASSWORD@127.0.0.1:$PG_PORT/$db" "$BIN/redeem-gateway" migrate >"$WORK/migrate-rowchecks.log" 2>&1 \
+    || die "could not migrate $db: $(tail -n 20 "$WORK/migrate-rowchecks.log")"
+  BENCH_DB=$db
+  psql_bench -f scripts/bench/row-checks.sql >/dev/null
+  pg_ceiling
+  pg_batch_ceiling
+  ROWCHECK_TPS=$PG_TPS ROWCHECK_BATCH_CPS=$PG_BATCH_CPS
+  BENCH_DB=$saved_db PG_TPS=$saved_tps PG_BATCH_CPS=$saved_batch first_user=$saved_first last_user=$saved_last
+  psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null
+  log "schema cost: per-row checks $ROWCHECK_TPS commits/s, $ROWCHECK_BATCH_CPS batched credits/s"
+}
+
 # wrk's requests/s from its output ("Requests/sec: N"); fails loudly on
 # socket errors or answers other than the expected 410.
 wrk_run() {
@@ -244,6 +266,7 @@ main() {
   pg_ceiling
   pg_batch_ceiling
   pg_balance_ceiling
+  schema_cost
   wrk_flood
   mkdir -p "$(dirname "$OUT")"
   local load_before
@@ -257,6 +280,7 @@ main() {
     --param "redis-benchmark=-c $REDIS_C -n $REDIS_N -r 100000000 EVALSHA claim.lua" \
     --param "pgbench=-M prepared -c $POOL -j 2 -t $PGBENCH_TX (COMMIT_SQL after a nextval for a fresh user/ticket)" \
     --param "pgbench batched=-M prepared -c $COMMITTERS -j 2, $BATCH_ROWS rows per statement (the group commit's statement)" \
+    --param "schema cost=with V9's per-row checks (row trigger + foreign keys, scripts/bench/row-checks.sql) the same pgbench runs give COMMIT_SQL $ROWCHECK_TPS commits/s and the batched statement $ROWCHECK_BATCH_CPS credits/s, against $PG_TPS and $PG_BATCH_CPS with V10's statement checks (the ceilings below)" \
     --param "pgbench balance=-M prepared -c $POOL -j 2 -T $DURATION (the balance query, random users)" \
     --param "wrk=-t $WRK_THREADS -c $WRK_CONNECTIONS -d ${DURATION}s, Lua script rotating $USERS tokens on a sold-out code, gateway and trivial server alike" \
     --param "load generator=same machine, tokio 2 threads, hyper HTTP/1.1 keep-alive" \
