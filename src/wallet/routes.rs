@@ -108,8 +108,9 @@ pub struct CreditRequest {
     /// characters of `A-Z a-z 0-9 . _ : -`.
     #[schema(example = "refund-ORD-1001", min_length = 1, max_length = 100, pattern = "^[A-Za-z0-9._:-]{1,100}$")]
     reference: String,
-    /// Shown in the user's history. 1-200 characters.
-    #[schema(example = "refund of order ORD-1001", min_length = 1, max_length = 200)]
+    /// Shown in the user's history. 1-200 characters, not only white
+    /// space, no control character.
+    #[schema(value_type = crate::text::MovementReason, example = "refund of order ORD-1001")]
     reason: String,
 }
 
@@ -126,7 +127,8 @@ pub struct DebitRequest {
     /// As for credits: unique per service, a retry replays the first answer.
     #[schema(example = "topup-T-88", min_length = 1, max_length = 100, pattern = "^[A-Za-z0-9._:-]{1,100}$")]
     reference: String,
-    #[schema(example = "mobile top-up 0912...", min_length = 1, max_length = 200)]
+    /// As for credits: 1-200 characters, not only white space, no control character.
+    #[schema(value_type = crate::text::MovementReason, example = "mobile top-up 0912...")]
     reason: String,
     /// A voucher of this user to spend on the purchase (needs `purchase_type`).
     #[schema(example = 17, minimum = 1)]
