@@ -138,6 +138,23 @@ pub struct DebitRequest {
     purchase_type: Option<String>,
 }
 
+/// States in the spec that a debit's `voucher_id` and `purchase_type` come
+/// together or not at all (what `debit` below refuses otherwise), as JSON
+/// Schema 2020-12's `dependentRequired`: utoipa's derive has no attribute
+/// for it, so it is added to the generated schema here.
+pub struct VoucherPair;
+
+impl utoipa::Modify for VoucherPair {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::schema::Schema;
+        use utoipa::openapi::RefOr;
+        let Some(components) = openapi.components.as_mut() else { return };
+        let Some(RefOr::T(Schema::Object(debit))) = components.schemas.get_mut("DebitRequest") else { return };
+        let pair = serde_json::json!({ "voucher_id": ["purchase_type"], "purchase_type": ["voucher_id"] });
+        debit.extensions.get_or_insert_with(Default::default).insert("dependentRequired".into(), pair);
+    }
+}
+
 /// Credit a user's wallet, exactly once per reference. A retry (same
 /// reference, user and amount) returns the first entry with `replayed: true`.
 #[utoipa::path(post, path = "/wallet/credits", tag = "wallet", security(("service" = ["wallet:credit"])),
