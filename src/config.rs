@@ -104,6 +104,10 @@ pub struct SplitConfig {
     pub outbox_poll: Duration,
 }
 
+/// BODY_LIMIT_BYTES when unset. The order bounds (`coupons::MAX_ORDER_LINES`)
+/// are chosen so that any order the spec allows fits in it.
+pub const DEFAULT_BODY_LIMIT_BYTES: usize = 16 * 1024;
+
 #[derive(Clone)]
 pub struct Config {
     pub app_env: AppEnv,
@@ -324,7 +328,7 @@ impl Config {
             split,
             http_addr: vars.or("HTTP_ADDR", "127.0.0.1:8080"),
             http_workers: vars.parse("HTTP_WORKERS", 0)?,
-            body_limit_bytes: vars.parse("BODY_LIMIT_BYTES", 16 * 1024)?,
+            body_limit_bytes: vars.parse("BODY_LIMIT_BYTES", DEFAULT_BODY_LIMIT_BYTES)?,
             database_url: vars.required("DATABASE_URL")?,
             pg_pool_size: vars.parse("PG_POOL_SIZE", 32)?,
             pg_statement_timeout: Duration::from_millis(vars.parse("PG_STATEMENT_TIMEOUT_MS", 5_000)?),

@@ -42,6 +42,11 @@ pub enum ApiError {
     UsernameTaken,
     #[error("a code with this name already exists")]
     CodeExists,
+    /// A status change asked of an ended code: ending is for good. A
+    /// conflict with the code's state (409), not a bad body: the same request
+    /// is fine on a code that has not ended.
+    #[error("an ended code stays ended")]
+    CodeEnded,
     #[error("you have already redeemed this code")]
     AlreadyRedeemed,
     /// `already_redeemed`, with the caller's own redemption beside the error
@@ -125,6 +130,7 @@ impl ApiError {
             ApiError::InsufficientFunds => "insufficient_funds",
             ApiError::ReferenceConflict => "reference_conflict",
             ApiError::VoucherUsed => "voucher_used",
+            ApiError::CodeEnded => "code_ended",
             ApiError::VoucherExpired => "voucher_expired",
             ApiError::VoucherWrongType(_) => "voucher_wrong_type",
             ApiError::TryAgain(_) => "try_again",
@@ -327,6 +333,7 @@ impl ResponseError for ApiError {
             ApiError::NotFound(_) | ApiError::CodeNotFound => StatusCode::NOT_FOUND,
             ApiError::UsernameTaken
             | ApiError::CodeExists
+            | ApiError::CodeEnded
             | ApiError::AlreadyRedeemed
             | ApiError::AlreadyRedeemedWith(_)
             | ApiError::IdempotencyInProgress

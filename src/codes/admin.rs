@@ -226,7 +226,7 @@ where
 /// then on no use commits against a paused or ended code (the commit checks).
 pub async fn change_code(pg: &Pool, gate: &Gate, code: &Code, change: ChangeCode) -> Result<Code, ApiError> {
     if code.status == CodeStatus::Ended && change.status.is_some_and(|s| s != CodeStatus::Ended) {
-        return Err(invalid("an ended code stays ended"));
+        return Err(ApiError::CodeEnded);
     }
     if change.per_user_limit.is_some() && code.kind != CodeKind::Coupon {
         return Err(invalid("per_user_limit applies to coupons only"));

@@ -144,7 +144,7 @@ shape! {
         #[schema(example = 1000, minimum = 1, maximum = 100000)]
         count: i64,
         /// The campaign the codes belong to (defaults to the prefix); 1-64 characters.
-        #[schema(min_length = 1, max_length = 64)]
+        #[schema(value_type = Option<crate::text::Label>)]
         batch: Option<String>,
         kind: Option<CreditKind>,
         /// Credit per redemption, integer Toman, 1 to 10^12.
@@ -161,7 +161,7 @@ shape! {
         prefix: String,
         #[schema(example = 1000, minimum = 1, maximum = 100000)]
         count: i64,
-        #[schema(min_length = 1, max_length = 64)]
+        #[schema(value_type = Option<crate::text::Label>)]
         batch: Option<String>,
         kind: VoucherKind,
         reward: VoucherReward,
@@ -176,7 +176,7 @@ shape! {
         prefix: String,
         #[schema(example = 1000, minimum = 1, maximum = 100000)]
         count: i64,
-        #[schema(min_length = 1, max_length = 64)]
+        #[schema(value_type = Option<crate::text::Label>)]
         batch: Option<String>,
         kind: CouponKind,
         reward: CouponReward,

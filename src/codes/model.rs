@@ -195,7 +195,7 @@ pub struct VoucherReward {
     #[schema(minimum = 1, example = 50000)]
     pub max_amount: Option<i64>,
     /// What it applies to, e.g. "mobile_topup"; 1-64 characters.
-    #[schema(min_length = 1, max_length = 64, example = "mobile_topup")]
+    #[schema(value_type = crate::text::Label, example = "mobile_topup")]
     pub voucher_type: String,
     /// How long an issued voucher stays valid, 1-3650 days.
     #[schema(minimum = 1, maximum = 3650, example = 30)]

@@ -150,6 +150,7 @@ async fn change_and_answer(state: &AppState, raw: &str, change: ChangeCode) -> R
         (status = 200, description = "the code, changed", body = Code),
         AdminBodyErrors,
         (status = 404, description = "code_not_found", body = ErrorBody),
+        (status = 409, description = "code_ended: a status other than `ended` asked of an ended code", body = ErrorBody),
         (status = 422, description = "invalid_input (e.g. a limit below a slot in use, or a change the code's kind does not take)", body = ErrorBody)))]
 pub async fn change_route(
     state: web::Data<AppState>,
@@ -170,7 +171,7 @@ fn status_change(status: CodeStatus) -> ChangeCode {
         (status = 200, description = "the code, with its new status", body = Code),
         AdminErrors,
         (status = 404, description = "code_not_found", body = ErrorBody),
-        (status = 422, description = "invalid_input: an ended code stays ended", body = ErrorBody)))]
+        (status = 409, description = "code_ended: an ended code stays ended", body = ErrorBody)))]
 pub async fn pause_route(
     state: web::Data<AppState>,
     _admin: AdminUser,
@@ -185,7 +186,7 @@ pub async fn pause_route(
         (status = 200, description = "the code, with its new status", body = Code),
         AdminErrors,
         (status = 404, description = "code_not_found", body = ErrorBody),
-        (status = 422, description = "invalid_input: an ended code stays ended", body = ErrorBody)))]
+        (status = 409, description = "code_ended: an ended code stays ended", body = ErrorBody)))]
 pub async fn resume_route(
     state: web::Data<AppState>,
     _admin: AdminUser,

@@ -29,18 +29,12 @@ pub const MAX_STR_LEN: usize = 64;
 
 /// The spec's schema of one string in a rule's list, from the same bounds
 /// [`Rules::validate`] checks: 1..=[`MAX_STR_LEN`] characters, not only
-/// white space.
+/// white space, no control character ([`crate::text::is_text`]).
 pub struct RuleString;
 
 impl utoipa::PartialSchema for RuleString {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        use utoipa::openapi::schema::{ObjectBuilder, Type};
-        ObjectBuilder::new()
-            .schema_type(Type::String)
-            .min_length(Some(1))
-            .max_length(Some(MAX_STR_LEN))
-            .pattern(Some(r"\S"))
-            .into()
+        crate::text::text_schema(1, MAX_STR_LEN, crate::text::NOT_BLANK_PATTERN)
     }
 }
 
@@ -62,18 +56,25 @@ impl utoipa::PartialSchema for RuleUserId {
 
 impl utoipa::ToSchema for RuleUserId {}
 
+/// Most lines an order may have. With every string at its longest
+/// ([`crate::text::LABEL_MAX`] characters of 4-byte UTF-8) and every number
+/// at its widest, a redeem request still fits the default body limit
+/// (`config::DEFAULT_BODY_LIMIT_BYTES`, 16 KiB): any order the spec allows
+/// is one the gateway reads (`service::tests::the_largest_order_fits_the_body_limit`).
+pub const MAX_ORDER_LINES: usize = 25;
+
 /// The order a coupon is judged against. Amounts are integer Toman.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub struct Order {
-    /// 1-64 characters.
-    #[schema(min_length = 1, max_length = 64, example = "ORD-1001")]
+    /// 1-64 characters, no control character.
+    #[schema(value_type = crate::text::Label, example = "ORD-1001")]
     pub number: String,
-    /// 1-64 characters.
-    #[schema(min_length = 1, max_length = 64, example = "card")]
+    /// 1-64 characters, no control character.
+    #[schema(value_type = crate::text::Label, example = "card")]
     pub payment_method: String,
-    /// 1-500 lines.
-    #[schema(min_items = 1, max_items = 500)]
+    /// 1-25 lines ([`MAX_ORDER_LINES`]).
+    #[schema(min_items = 1, max_items = 25)]
     pub lines: Vec<OrderLine>,
 }
 
@@ -81,11 +82,11 @@ pub struct Order {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub struct OrderLine {
-    /// 1-64 characters.
-    #[schema(min_length = 1, max_length = 64, example = "A1")]
+    /// 1-64 characters, no control character.
+    #[schema(value_type = crate::text::Label, example = "A1")]
     pub sku: String,
-    /// 1-64 characters.
-    #[schema(min_length = 1, max_length = 64, example = "shoes")]
+    /// 1-64 characters, no control character.
+    #[schema(value_type = crate::text::Label, example = "shoes")]
     pub category: String,
     pub unit_price: i64,
     pub quantity: i64,

@@ -11,6 +11,7 @@ use chrono::Utc;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::rules::MAX_ORDER_LINES;
 use super::store::{self, Cancelled, CouponUse, NewUse};
 use super::{quote, Context, Order, Quote};
 use crate::codes::{CachedCode, CodeKind, CodeName};
@@ -20,17 +21,18 @@ use crate::ratelimit::ClientAddr;
 use crate::redemption::service::{lookup, through_gate};
 use crate::state::AppState;
 
-/// Size limits on a checkout's order (the rules judge the rest).
+/// Size limits on a checkout's order (the rules judge the rest); the
+/// spec's `Order` states the same bounds.
 pub fn check_order(order: &Order) -> Result<(), ApiError> {
     // Characters, as the schema's maxLength and the database's length() count.
-    let short = |s: &str| crate::text::is_label(s, 64);
+    let short = |s: &str| crate::text::is_label(s, crate::text::LABEL_MAX);
     if !short(&order.number) || !short(&order.payment_method) {
         return Err(ApiError::InvalidInput(
             "order number and payment method must be 1-64 characters, none of them a control character".into(),
         ));
     }
-    if order.lines.is_empty() || order.lines.len() > 500 {
-        return Err(ApiError::InvalidInput("an order has 1-500 lines".into()));
+    if order.lines.is_empty() || order.lines.len() > MAX_ORDER_LINES {
+        return Err(ApiError::InvalidInput(format!("an order has 1-{MAX_ORDER_LINES} lines")));
     }
     if order.lines.iter().any(|l| !short(&l.sku) || !short(&l.category)) {
         return Err(ApiError::InvalidInput(
@@ -200,5 +202,92 @@ pub async fn cancel(state: &AppState, id: i64) -> Result<CancelResponse, ApiErro
         Ok(CancelResponse { redemption_id: id, status: "cancelled" })
     } else {
         Err(ApiError::AlreadyCancelled)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DEFAULT_BODY_LIMIT_BYTES;
+    use crate::coupons::OrderLine;
+    use crate::text::LABEL_MAX;
+
+    /// serde_json's output with the separators Python's `json.dumps` (and
+    /// so `requests` and schemathesis) writes by default: `", "` and `": "`.
+    struct Spaced;
+
+    impl serde_json::ser::Formatter for Spaced {
+        fn begin_array_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W, first: bool) -> std::io::Result<()> {
+            if first {
+                Ok(())
+            } else {
+                w.write_all(b", ")
+            }
+        }
+        fn begin_object_key<W: ?Sized + std::io::Write>(&mut self, w: &mut W, first: bool) -> std::io::Result<()> {
+            if first {
+                Ok(())
+            } else {
+                w.write_all(b", ")
+            }
+        }
+        fn begin_object_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+            w.write_all(b": ")
+        }
+    }
+
+    fn spaced_len(value: &impl Serialize) -> usize {
+        let mut out = Vec::new();
+        value.serialize(&mut serde_json::Serializer::with_formatter(&mut out, Spaced)).unwrap();
+        out.len()
+    }
+
+    /// The largest order the spec allows: every string [`LABEL_MAX`]
+    /// characters of the widest UTF-8 (4 bytes; JSON escapes nothing in
+    /// them: control characters are refused, and `"` or `\\` take 2),
+    /// every number the widest an i64 writes, [`MAX_ORDER_LINES`] lines.
+    fn largest_order(lines: usize) -> Order {
+        let widest = "\u{10ffff}".repeat(LABEL_MAX);
+        let line =
+            OrderLine { sku: widest.clone(), category: widest.clone(), unit_price: i64::MIN, quantity: i64::MIN };
+        Order { number: widest.clone(), payment_method: widest, lines: vec![line; lines] }
+    }
+
+    #[test]
+    fn the_largest_order_fits_the_body_limit() {
+        let order = largest_order(MAX_ORDER_LINES);
+        assert!(check_order(&order).is_ok(), "the largest order is one check_order takes");
+        assert!(check_order(&largest_order(MAX_ORDER_LINES + 1)).is_err());
+        // A redeem (the bigger of the two bodies that carry an order): the
+        // longest code name and the widest user id around it.
+        let body = serde_json::json!({
+            "code": "C".repeat(CodeName::MAX_LEN),
+            "user_id": i64::MIN,
+            "order": order,
+        });
+        let size = spaced_len(&body);
+        assert!(
+            size <= DEFAULT_BODY_LIMIT_BYTES,
+            "the largest redeem body the spec allows is {size} bytes, over the {DEFAULT_BODY_LIMIT_BYTES}-byte body limit"
+        );
+        assert!(size >= serde_json::to_vec(&body).unwrap().len());
+    }
+
+    #[test]
+    fn the_spec_states_the_order_bounds_check_order_applies() {
+        use utoipa::OpenApi;
+        let spec = serde_json::to_value(crate::http::openapi::ApiDoc::openapi()).unwrap();
+        let schemas = &spec["components"]["schemas"];
+        let lines = &schemas["Order"]["properties"]["lines"];
+        assert_eq!(lines["maxItems"], serde_json::json!(MAX_ORDER_LINES), "{lines}");
+        assert_eq!(lines["minItems"], serde_json::json!(1));
+        assert_eq!(schemas["Label"]["maxLength"], serde_json::json!(LABEL_MAX));
+        assert_eq!(schemas["Label"]["pattern"], serde_json::json!(crate::text::NO_CONTROL_PATTERN));
+        for (schema, field) in
+            [("Order", "number"), ("Order", "payment_method"), ("OrderLine", "sku"), ("OrderLine", "category")]
+        {
+            let property = serde_json::to_string(&schemas[schema]["properties"][field]).unwrap();
+            assert!(property.contains("#/components/schemas/Label"), "{schema}.{field}: {property}");
+        }
     }
 }

@@ -5,6 +5,7 @@
 pub mod body;
 pub mod dashboard;
 pub mod health;
+pub mod json;
 pub mod observe;
 pub mod openapi;
 
@@ -22,7 +23,8 @@ use std::sync::Mutex;
 use crate::config::ServeRole;
 use crate::error::ApiError;
 
-pub use actix_web::web::{Json, Query};
+pub use actix_web::web::Query;
+pub use json::Json;
 
 /// Registers `path` for `method` and records it, so a test can check that
 /// the OpenAPI spec documents every route the app serves.
@@ -112,7 +114,7 @@ pub fn parse_json_or_default<T: DeserializeOwned + Default>(body: &[u8]) -> Resu
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(body).map_err(serde_error)
+    json::parse(body)
 }
 
 /// A safety net: any 4xx/5xx built by the framework rather than by `ApiError`

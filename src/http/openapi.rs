@@ -14,6 +14,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
+use crate::wallet::routes::VoucherPair;
 use crate::{auth, codes, redemption, wallet};
 
 #[derive(OpenApi)]
@@ -49,7 +50,7 @@ use crate::{auth, codes, redemption, wallet};
         wallet::routes::debit,
         super::dashboard::dashboard_route,
     ),
-    modifiers(&CallerKinds),
+    modifiers(&CallerKinds, &VoucherPair),
     tags(
         (name = "codes", description = "Redeeming codes"),
         (name = "wallet", description = "Balances and history (users); credits and debits (services)"),

@@ -108,8 +108,9 @@ pub struct CreditRequest {
     /// characters of `A-Z a-z 0-9 . _ : -`.
     #[schema(example = "refund-ORD-1001", min_length = 1, max_length = 100, pattern = "^[A-Za-z0-9._:-]{1,100}$")]
     reference: String,
-    /// Shown in the user's history. 1-200 characters.
-    #[schema(example = "refund of order ORD-1001", min_length = 1, max_length = 200)]
+    /// Shown in the user's history. 1-200 characters, not only white
+    /// space, no control character.
+    #[schema(value_type = crate::text::MovementReason, example = "refund of order ORD-1001")]
     reason: String,
 }
 
@@ -126,7 +127,8 @@ pub struct DebitRequest {
     /// As for credits: unique per service, a retry replays the first answer.
     #[schema(example = "topup-T-88", min_length = 1, max_length = 100, pattern = "^[A-Za-z0-9._:-]{1,100}$")]
     reference: String,
-    #[schema(example = "mobile top-up 0912...", min_length = 1, max_length = 200)]
+    /// As for credits: 1-200 characters, not only white space, no control character.
+    #[schema(value_type = crate::text::MovementReason, example = "mobile top-up 0912...")]
     reason: String,
     /// A voucher of this user to spend on the purchase (needs `purchase_type`).
     #[schema(example = 17, minimum = 1)]
@@ -134,6 +136,23 @@ pub struct DebitRequest {
     /// What is bought, e.g. `mobile_topup`; the voucher must be of this type.
     #[schema(example = "mobile_topup", min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_]{1,64}$")]
     purchase_type: Option<String>,
+}
+
+/// States in the spec that a debit's `voucher_id` and `purchase_type` come
+/// together or not at all (what `debit` below refuses otherwise), as JSON
+/// Schema 2020-12's `dependentRequired`: utoipa's derive has no attribute
+/// for it, so it is added to the generated schema here.
+pub struct VoucherPair;
+
+impl utoipa::Modify for VoucherPair {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::schema::Schema;
+        use utoipa::openapi::RefOr;
+        let Some(components) = openapi.components.as_mut() else { return };
+        let Some(RefOr::T(Schema::Object(debit))) = components.schemas.get_mut("DebitRequest") else { return };
+        let pair = serde_json::json!({ "voucher_id": ["purchase_type"], "purchase_type": ["voucher_id"] });
+        debit.extensions.get_or_insert_with(Default::default).insert("dependentRequired".into(), pair);
+    }
 }
 
 /// Credit a user's wallet, exactly once per reference. A retry (same

@@ -58,10 +58,14 @@ impl Movement {
                 "reference must be 1-100 characters of letters, digits, '.', '_', ':' or '-'".into(),
             ));
         }
-        let reason = reason.trim().to_string();
-        if !(1..=200).contains(&reason.chars().count()) || reason.chars().any(char::is_control) {
-            return Err(ApiError::InvalidInput("reason must be 1-200 characters, no control characters".into()));
+        // Judged as sent (the spec's pattern and maxLength say the same:
+        // `text::MovementReason`), kept trimmed.
+        if !crate::text::is_text(&reason, crate::text::REASON_MAX) {
+            return Err(ApiError::InvalidInput(
+                "reason must be 1-200 characters, not only white space, no control characters".into(),
+            ));
         }
+        let reason = reason.trim().to_string();
         if let Some(v) = &voucher {
             let t = &v.purchase_type;
             if v.voucher_id <= 0 {
@@ -312,6 +316,8 @@ mod tests {
             (1, "r", "   "),
             (1, "r", &"x".repeat(201)),
             (1, "r", "line\nbreak"),
+            (1, "r", "\tpadded with a control character"),
+            (1, "r", "\u{85}"),
         ] {
             assert!(parse(amount, reference, reason).is_err(), "{amount} {reference:?} {reason:?}");
         }

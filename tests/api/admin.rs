@@ -66,7 +66,7 @@ async fn pause_resume_and_end() {
     app.post("/admin/codes/STATUS/end", json!({}), Some(&admin)).await;
     assert_eq!(app.use_code(&users[1].1, "STATUS").await.status, 422);
     let res = app.post("/admin/codes/STATUS/resume", json!({}), Some(&admin)).await;
-    assert_eq!((res.status.as_u16(), res.error_code()), (422, "invalid_input"), "an ended code stays ended");
+    assert_eq!((res.status.as_u16(), res.error_code()), (409, "code_ended"), "an ended code stays ended");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
