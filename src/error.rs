@@ -3,7 +3,11 @@
 //! here and nowhere else. Internal errors are logged with their chain and
 //! answered without it.
 
-use actix_web::http::{header, StatusCode};
+use std::sync::OnceLock;
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::web::Bytes;
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
@@ -163,6 +167,43 @@ impl ApiError {
             _ => None,
         };
         serde_json::to_value(ErrorBody { error: detail, redemption }).unwrap_or_default()
+    }
+
+    /// `body()` as answered, serialised straight from the structs (no
+    /// `Value` tree on the way; the same bytes, keys in the same order).
+    /// Errors whose text never changes are encoded once per process: a
+    /// flood of a sold-out code answers from a static buffer.
+    pub fn body_bytes(&self) -> Bytes {
+        match self.fixed_body() {
+            Some(cell) => Bytes::from_static(cell.get_or_init(|| Vec::leak(self.encode_body()))),
+            None => Bytes::from(self.encode_body()),
+        }
+    }
+
+    fn encode_body(&self) -> Vec<u8> {
+        let detail = ErrorDetail { code: self.code(), message: self.to_string() };
+        let redemption = match self {
+            ApiError::AlreadyRedeemedWith(r) => Some(r.as_ref()),
+            _ => None,
+        };
+        serde_json::to_vec(&ErrorBody { error: detail, redemption }).unwrap_or_else(|_| b"null".to_vec())
+    }
+
+    /// The once-encoded body of an error without data (its text is fixed).
+    fn fixed_body(&self) -> Option<&'static OnceLock<&'static [u8]>> {
+        static BODIES: [OnceLock<&'static [u8]>; 8] = [const { OnceLock::new() }; 8];
+        let slot = match self {
+            ApiError::SoldOut => 0,
+            ApiError::AlreadyRedeemed => 1,
+            ApiError::CodeNotFound => 2,
+            ApiError::TokenExpired => 3,
+            ApiError::PerUserLimit => 4,
+            ApiError::InvalidCredentials => 5,
+            ApiError::RequestTimeout => 6,
+            ApiError::IdempotencyInProgress => 7,
+            _ => return None,
+        };
+        Some(&BODIES[slot])
     }
 }
 
@@ -374,7 +415,8 @@ impl ResponseError for ApiError {
             }
             _ => {}
         }
-        response.json(self.body())
+        response.insert_header((header::CONTENT_TYPE, HeaderValue::from_static("application/json")));
+        response.body(self.body_bytes())
     }
 }
 
@@ -389,5 +431,27 @@ mod tests {
         assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(res.headers().get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()), Some("42"));
         assert_eq!(e.code(), "rate_limited");
+    }
+
+    #[test]
+    fn the_answered_bytes_are_the_json_body_fixed_or_not() {
+        let redemption = serde_json::json!({"redemption_id": 1, "code": "SPRING", "amount": 5, "balance": 5});
+        let errors = [
+            ApiError::SoldOut,
+            ApiError::SoldOut,
+            ApiError::AlreadyRedeemed,
+            ApiError::AlreadyRedeemedWith(Box::new(redemption)),
+            ApiError::Unauthorized("invalid token"),
+            ApiError::InvalidInput("a \"quoted\" field".into()),
+            ApiError::TooManyRequests { retry_after_secs: 3 },
+        ];
+        for e in errors {
+            let expected = serde_json::to_vec(&e.body()).unwrap_or_default();
+            assert_eq!(e.body_bytes(), expected, "{e:?}");
+        }
+        assert_eq!(
+            ApiError::SoldOut.body_bytes(),
+            &br#"{"error":{"code":"sold_out","message":"this code has been fully redeemed"}}"#[..]
+        );
     }
 }

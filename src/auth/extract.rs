@@ -49,9 +49,7 @@ fn bearer(req: &HttpRequest) -> Result<&str, ApiError> {
         .ok_or(ApiError::Unauthorized("the Authorization header must be `Bearer <token>`"))
 }
 
-fn authenticate(req: &HttpRequest) -> Result<AuthUser, ApiError> {
-    let state = state_of(req)?;
-    let token = bearer(req)?;
+fn authenticate(state: &AppState, token: &str) -> Result<AuthUser, ApiError> {
     let Identity { user_id, role, expires_at } = state.tokens.verify(token).map_err(|e| {
         if state.tokens.verify_service(token).is_ok() {
             ApiError::Forbidden("a service token cannot call user or admin routes")
@@ -83,18 +81,23 @@ async fn learn_key(req: &HttpRequest) {
 /// every extraction cost a 1,000-user burst its pool head-room (503s).
 type AuthFuture<T> = Either<Ready<Result<T, ApiError>>, LocalBoxFuture<'static, Result<T, ApiError>>>;
 
-fn extract<T: 'static>(req: &HttpRequest, judge: fn(&HttpRequest) -> Result<T, ApiError>) -> AuthFuture<T> {
-    let must_learn = match (state_of(req), bearer(req)) {
-        (Ok(state), Ok(token)) => state.tokens.must_learn(token),
-        _ => false,
+/// How a token is judged, given the state and the bearer token.
+type Judge<T> = fn(&AppState, &str) -> Result<T, ApiError>;
+
+/// The state and the token are looked up once; a request without either is
+/// refused as `judge` would refuse it (state first, then the token).
+fn extract<T: 'static>(req: &HttpRequest, judge: Judge<T>) -> AuthFuture<T> {
+    let (state, token) = match state_of(req).and_then(|state| Ok((state, bearer(req)?))) {
+        Ok(found) => found,
+        Err(e) => return Either::Left(ready(Err(e))),
     };
-    if !must_learn {
-        return Either::Left(ready(judge(req)));
+    if !state.tokens.must_learn(token) {
+        return Either::Left(ready(judge(state, token)));
     }
     let req = req.clone();
     Either::Right(Box::pin(async move {
         learn_key(&req).await;
-        judge(&req)
+        judge(state_of(&req)?, bearer(&req)?)
     }))
 }
 
@@ -107,8 +110,8 @@ impl FromRequest for AuthUser {
     }
 }
 
-fn authenticate_admin(req: &HttpRequest) -> Result<AdminUser, ApiError> {
-    let user = authenticate(req)?;
+fn authenticate_admin(state: &AppState, token: &str) -> Result<AdminUser, ApiError> {
+    let user = authenticate(state, token)?;
     if user.is_admin() {
         Ok(AdminUser(user))
     } else {
@@ -158,9 +161,7 @@ pub struct ServiceCaller<S> {
     _scope: PhantomData<S>,
 }
 
-fn authenticate_service<S: NeedsScope>(req: &HttpRequest) -> Result<ServiceCaller<S>, ApiError> {
-    let state = state_of(req)?;
-    let token = bearer(req)?;
+fn authenticate_service<S: NeedsScope>(state: &AppState, token: &str) -> Result<ServiceCaller<S>, ApiError> {
     let service = state.tokens.verify_service(token).map_err(|e| {
         if state.tokens.verify(token).is_ok() {
             ApiError::Forbidden("this route is for services; a user or admin token cannot call it")

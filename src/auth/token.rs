@@ -166,7 +166,11 @@ pub struct TokenKeys {
 /// once. Bounded: when full it is emptied (tokens simply verify again), so a
 /// stranger sending many tokens costs memory only up to the bound.
 struct VerifiedTokens {
-    map: std::sync::RwLock<std::collections::HashMap<Box<str>, Identity>>,
+    /// Keyed by the whole token (a signature alone would let a forged
+    /// header and payload ride on another token's signature), hashed with a
+    /// seeded fast hasher: only tokens that verified are ever inserted, so
+    /// a stranger cannot choose the keys.
+    map: std::sync::RwLock<std::collections::HashMap<Box<str>, Identity, foldhash::fast::RandomState>>,
     max: usize,
     /// Bumped when the key set changes; a verification that began under an
     /// older set is not kept (it may have used a key now withdrawn).

@@ -17,6 +17,11 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::web::{self, Bytes, BytesMut};
 use actix_web::HttpMessage;
+use std::future::Future;
+use std::task::{Context, Poll};
+
+use actix_web::dev::Payload;
+use actix_web::error::PayloadError;
 use futures_util::StreamExt;
 
 use crate::error::ApiError;
@@ -75,20 +80,58 @@ async fn read(req: &mut ServiceRequest, limit: usize, timeout: std::time::Durati
         return Err(ApiError::PayloadTooLarge(limit));
     }
     let mut payload = req.take_payload();
-    let deadline = tokio::time::Instant::now() + timeout;
+    let mut deadline = Deadline::new(tokio::time::Instant::now() + timeout);
     let mut body = BytesMut::new();
     loop {
-        match tokio::time::timeout_at(deadline, payload.next()).await {
-            Err(_) => return Err(ApiError::RequestTimeout),
-            Ok(None) => return Ok(body.freeze()),
-            Ok(Some(Err(e))) => return Err(ApiError::MalformedJson(format!("could not read the body: {e}"))),
-            Ok(Some(Ok(chunk))) => {
+        match std::future::poll_fn(|cx| deadline.poll_next(&mut payload, cx)).await {
+            None => return Err(ApiError::RequestTimeout),
+            Some(None) => return Ok(body.freeze()),
+            Some(Some(Err(e))) => return Err(ApiError::MalformedJson(format!("could not read the body: {e}"))),
+            Some(Some(Ok(chunk))) => {
                 if body.len() + chunk.len() > limit {
                     return Err(ApiError::PayloadTooLarge(limit));
                 }
                 body.extend_from_slice(&chunk);
             }
         }
+    }
+}
+
+/// The body's deadline, armed only when the body is really late. actix calls
+/// the app as soon as the head is parsed, before it feeds the body bytes
+/// that arrived with it, then polls again in the same pass: so a body that
+/// was already there is found on the second look, and a timer (a wheel
+/// insert and removal per request) is only armed when that look finds
+/// nothing either. The first miss wakes the task itself, so a client that
+/// sends nothing more still reaches the timer.
+struct Deadline {
+    at: tokio::time::Instant,
+    looked: bool,
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Deadline {
+    fn new(at: tokio::time::Instant) -> Self {
+        Deadline { at, looked: false, timer: None }
+    }
+
+    /// The payload's next item, or None once the deadline has passed.
+    fn poll_next(
+        &mut self,
+        payload: &mut Payload,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Option<Result<Bytes, PayloadError>>>> {
+        if let Poll::Ready(item) = payload.poll_next_unpin(cx) {
+            return Poll::Ready(Some(item));
+        }
+        if !self.looked {
+            self.looked = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        let at = self.at;
+        let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        timer.as_mut().poll(cx).map(|()| None)
     }
 }
 

@@ -28,6 +28,11 @@ pub use json::Json;
 
 /// Registers `path` for `method` and records it, so a test can check that
 /// the OpenAPI spec documents every route the app serves.
+///
+/// As `cfg.route(path, web::method(method).to(handler))` does (a resource of
+/// its own, guarded by the method, so another method falls through to the
+/// next resource), plus the pattern in the resource's app data: the metrics
+/// read it after the call instead of matching the path again (`observe`).
 pub fn route<F, Args>(cfg: &mut web::ServiceConfig, method: Method, path: &'static str, handler: F)
 where
     F: actix_web::Handler<Args>,
@@ -37,7 +42,12 @@ where
     if let Ok(mut seen) = SERVED.lock() {
         seen.insert((method.to_string(), path));
     }
-    cfg.route(path, web::method(method).to(handler));
+    cfg.service(
+        web::resource(path)
+            .guard(actix_web::guard::Method(method))
+            .app_data(observe::RoutePattern(path))
+            .route(web::route().to(handler)),
+    );
 }
 
 static SERVED: Mutex<BTreeSet<(String, &'static str)>> = Mutex::new(BTreeSet::new());

@@ -42,6 +42,38 @@ async fn metrics_count_requests_and_redemption_outcomes() {
     assert!(!text.contains("WHATEVER-TYPED"), "client input must never become a label");
 }
 
+/// Routes carry their pattern (http::route) and the metrics read it after
+/// the call; anything else (the Swagger UI, a route of another method, no
+/// route at all) is still named as before: its pattern, or `unmatched`.
+#[tokio::test]
+async fn route_labels_name_the_pattern_whatever_the_route() {
+    let app = spawn_app().await;
+    app.create_code("LABELS", 10, 1).await;
+    let admin = app.admin_token();
+    assert_eq!(app.get("/admin/codes/LABELS", Some(&admin)).await.status, 200);
+    assert_eq!(app.get("/no/such/route-typed-here", None).await.status, 404);
+    let other_method =
+        app.client.delete(format!("{}/admin/codes/LABELS", app.address)).bearer_auth(&admin).send().await.unwrap();
+    assert!(other_method.status().is_client_error());
+    app.client.get(format!("{}/docs/", app.address)).send().await.unwrap();
+    let text = app.client.get(format!("{}/metrics", app.metrics_address)).send().await.unwrap().text().await.unwrap();
+    for needle in [
+        r#"http_requests_total{route="/admin/codes/{code}",method="GET",status="200"}"#,
+        r#"http_requests_total{route="unmatched",method="GET",status="404"}"#,
+        &format!(
+            r#"http_requests_total{{route="/admin/codes/{{code}}",method="DELETE",status="{}"}}"#,
+            other_method.status().as_u16()
+        ),
+        r#"http_requests_total{route="/docs/{_:.*}",method="GET""#,
+        r#"http_request_duration_seconds_count{route="/admin/codes/{code}",method="GET"}"#,
+    ] {
+        assert!(text.contains(needle), "missing {needle} in:\n{text}");
+    }
+    let leaked =
+        text.lines().filter(|l| l.contains("route=")).any(|l| l.contains("typed-here") || l.contains("LABELS"));
+    assert!(!leaked, "client input must never become a label:\n{text}");
+}
+
 #[tokio::test]
 async fn a_request_id_is_echoed_or_made_up() {
     let app = spawn_app().await;
@@ -51,6 +83,14 @@ async fn a_request_id_is_echoed_or_made_up() {
     let res = app.client.get(format!("{}/healthz", app.address)).send().await.unwrap();
     let made_up = res.headers()["x-request-id"].to_str().unwrap().to_string();
     assert_eq!(made_up.len(), 16);
+    let mut ids = std::collections::HashSet::new();
+    for _ in 0..20 {
+        let res = app.client.get(format!("{}/healthz", app.address)).send().await.unwrap();
+        let id = res.headers()["x-request-id"].to_str().unwrap().to_string();
+        assert!(id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()), "{id}");
+        ids.insert(id);
+    }
+    assert_eq!(ids.len(), 20, "made-up ids repeat");
     // Nonsense (or a header-injection attempt) is replaced, not echoed.
     let res = app
         .client

@@ -478,6 +478,51 @@ async fn a_body_that_trickles_in_is_cut_off() {
     assert!(started.elapsed() < Duration::from_secs(2));
 }
 
+/// The body's timer is armed only when a second look finds the body still
+/// missing (http::body): a head whose body never starts must reach it too.
+#[tokio::test]
+async fn a_body_that_never_starts_is_cut_off() {
+    let app = spawn_app_with(&[("BODY_READ_TIMEOUT_MS", "500")]).await;
+    let port = app.address.rsplit(':').next().unwrap().to_string();
+    let mut s = TcpStream::connect(format!("127.0.0.1:{port}")).await.unwrap();
+    s.write_all(
+        b"POST /auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 20\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let started = Instant::now();
+    let mut answer = vec![0; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut answer)).await.unwrap().unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"));
+    assert!(started.elapsed() >= Duration::from_millis(400) && started.elapsed() < Duration::from_secs(2));
+}
+
+/// A body sent in two writes, the second well after the head, is read whole
+/// (the timer is armed only then, and does not fire early).
+#[tokio::test]
+async fn a_body_in_two_late_pieces_is_read_whole() {
+    let app = spawn_app_with(&[("BODY_READ_TIMEOUT_MS", "2000")]).await;
+    let port = app.address.rsplit(':').next().unwrap().to_string();
+    let mut s = TcpStream::connect(format!("127.0.0.1:{port}")).await.unwrap();
+    let body = br#"{"username":"nobody-here","password":"not-the-password"}"#;
+    let head = format!(
+        "POST /auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.write_all(&body[..10]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.write_all(&body[10..]).await.unwrap();
+    let mut answer = vec![0; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut answer)).await.unwrap().unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert!(answer.contains("invalid_credentials"), "{answer}");
+}
+
 #[tokio::test]
 async fn connections_past_the_cap_wait_until_one_closes() {
     let app = spawn_app_with(&[("MAX_CONNECTIONS", "4"), ("CLIENT_REQUEST_TIMEOUT_MS", "60000")]).await;
