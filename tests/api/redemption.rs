@@ -14,7 +14,19 @@ async fn a_burst_of_1000_users_on_limit_100_gives_exactly_100_credits() {
     let users = app.create_users(1000).await;
     let tokens: Vec<String> = users.iter().map(|(_, t)| t.clone()).collect();
 
-    let responses = app.burst(&tokens, "spring").await;
+    let mut responses = app.burst(&tokens, "spring").await;
+    // A loaded machine may answer some of the burst 503 (the gate's reply
+    // timed out): clients retry those, as the app does (Retry-After). What
+    // is checked is exactness, whatever the load.
+    for (token, res) in tokens.iter().zip(responses.iter_mut()) {
+        for _ in 0..40 {
+            if res.status != 503 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            *res = app.use_code(token, "spring").await;
+        }
+    }
 
     let ok = count_status(&responses, 200);
     let gone = count_status(&responses, 410);
