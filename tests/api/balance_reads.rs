@@ -60,7 +60,11 @@ async fn each_user_reads_its_own_latest_credit_while_reads_are_grouped() {
                 assert_eq!(res.status, 200, "{:?}", res.body);
                 let mut expected = 1_000;
                 let res = balance(&app, &token, json!({})).await;
-                assert_eq!((res.status.as_u16(), res.body["balance"].as_i64()), (200, Some(expected)), "user {user_id}");
+                assert_eq!(
+                    (res.status.as_u16(), res.body["balance"].as_i64()),
+                    (200, Some(expected)),
+                    "user {user_id}"
+                );
                 for round in 1..=5 {
                     let amount = user_id * 10 + round;
                     let body = json!({"user_id": user_id, "amount": amount,
@@ -160,7 +164,8 @@ async fn an_admin_reads_other_users_balances_with_the_same_rules() {
     let users = app.create_users(30).await;
     let service = credit_token(&app);
     for (user_id, _) in users.iter().take(20) {
-        let body = json!({"user_id": user_id, "amount": user_id * 3, "reference": format!("adm-{user_id}"), "reason": "x"});
+        let body =
+            json!({"user_id": user_id, "amount": user_id * 3, "reference": format!("adm-{user_id}"), "reason": "x"});
         assert_eq!(app.post("/wallet/credits", body, Some(&service)).await.status, 200);
     }
     let admin = app.admin_token();
