@@ -95,6 +95,11 @@ impl BalanceReader {
         answer.await.unwrap_or_else(|_| Err(StoreError::Overloaded("the balance reader stopped").into()))
     }
 
+    /// Requests waiting for a reader now (not those a read already took).
+    pub fn queued(&self) -> usize {
+        self.queue.as_ref().map_or(0, |q| q.max_capacity() - q.capacity())
+    }
+
     /// Statements sent to Postgres so far by this reader.
     pub fn statements(&self) -> u64 {
         self.statements.load(Ordering::Relaxed)

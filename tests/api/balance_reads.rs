@@ -91,12 +91,29 @@ async fn each_user_reads_its_own_latest_credit_while_reads_are_grouped() {
     app.assert_money_invariants().await;
 }
 
+/// Holds every balance read up: an ACCESS EXCLUSIVE lock on `wallets`, from
+/// a connection of the test's own, so the reader's statement waits on it.
+async fn lock_wallets(app: &TestApp) -> tokio_postgres::Client {
+    let db = app.psql().await;
+    db.batch_execute("BEGIN; LOCK TABLE wallets IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    db
+}
+
+/// Waits (4 s at most: below the statement timeout the held read runs
+/// under) until `n` requests wait in the reader's queue.
+async fn wait_queued(app: &TestApp, n: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(4);
+    while app.state.balances.queued() < n && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Requests that queue while the reader is busy share one statement. The
-/// one reader is held up by taking the pool's only connection, so every
-/// request queues behind it; each still gets its own user's balance.
+/// one reader's first statement is held up by a lock until every other
+/// request has queued behind it; each still gets its own user's balance.
 #[tokio::test]
 async fn concurrent_balance_requests_share_statements() {
-    let app = spawn_app_with(&[("BALANCE_READERS", "1"), ("PG_POOL_SIZE", "1")]).await;
+    let app = spawn_app_with(&[("BALANCE_READERS", "1"), ("BALANCE_QUEUE_WAIT_MS", "30000")]).await;
     let users = app.create_users(100).await;
     {
         let db = app.state.pg.get().await.unwrap();
@@ -110,15 +127,17 @@ async fn concurrent_balance_requests_share_statements() {
     // Two requests per user: a batch with a user twice answers both.
     let calls: Vec<_> =
         users.iter().chain(users.iter()).map(|(_, token)| (token.clone(), json!({}))).collect::<Vec<_>>();
+    let requests = calls.len();
     let before = app.state.balances.statements();
-    let held = app.state.pg.get().await.unwrap();
+    let lock = lock_wallets(&app).await;
     let app = Arc::new(app);
     let fired = {
         let app = app.clone();
         tokio::spawn(async move { balances_at_once(&app, calls).await })
     };
-    tokio::time::sleep(Duration::from_millis(1_000)).await;
-    drop(held);
+    // One request is in the held read; the rest queue behind it.
+    wait_queued(&app, requests - 1).await;
+    lock.batch_execute("COMMIT").await.unwrap();
     let answers = fired.await.unwrap();
     let statements = app.state.balances.statements() - before;
     for (res, (user_id, _)) in answers.iter().zip(users.iter().chain(users.iter())) {
@@ -129,29 +148,33 @@ async fn concurrent_balance_requests_share_statements() {
             res.body
         );
     }
-    assert!(statements < 20, "{statements} statements for 200 requests: the reads were not grouped");
+    assert!(statements < 20, "{statements} statements for {requests} requests: the reads were not grouped");
 }
 
 /// A full queue is refused at once (503 try_again), as the commit queue is.
 #[tokio::test]
 async fn a_full_balance_queue_answers_try_again() {
-    let app = spawn_app_with(&[("BALANCE_READERS", "1"), ("BALANCE_QUEUE_MAX", "1"), ("PG_POOL_SIZE", "1")]).await;
+    let app =
+        spawn_app_with(&[("BALANCE_READERS", "1"), ("BALANCE_QUEUE_MAX", "1"), ("BALANCE_QUEUE_WAIT_MS", "30000")])
+            .await;
     let users = app.create_users(20).await;
     let calls: Vec<_> = users.iter().map(|(_, token)| (token.clone(), json!({}))).collect();
-    let held = app.state.pg.get().await.unwrap();
+    let lock = lock_wallets(&app).await;
     let app = Arc::new(app);
     let fired = {
         let app = app.clone();
         tokio::spawn(async move { balances_at_once(&app, calls).await })
     };
+    // The read holds one request, the queue one more: the rest are refused
+    // while the lock is held (half of them at least, however late some
+    // arrive on a busy machine).
+    wait_queued(&app, 1).await;
     tokio::time::sleep(Duration::from_millis(1_000)).await;
-    drop(held);
+    lock.batch_execute("COMMIT").await.unwrap();
     let answers = fired.await.unwrap();
     let refused = answers.iter().filter(|r| (r.status.as_u16(), r.error_code()) == (503, "try_again")).count();
     let read = answers.iter().filter(|r| r.status == 200 && r.body["balance"] == 0).count();
     assert_eq!(refused + read, answers.len(), "only 200 or 503 try_again");
-    // The reader holds one, the queue one more: the rest are refused (half,
-    // at least, however late some arrive on a busy machine).
     assert!(refused >= answers.len() / 2, "{refused} refused of {}", answers.len());
 }
 
