@@ -123,6 +123,8 @@ pub struct Config {
     pub pg_statement_timeout: Duration,
     /// Group commit of credit-code redemptions (see redemption::batcher).
     pub commit_batch: crate::redemption::batcher::BatchLimits,
+    /// Group read of balances (see wallet::reader).
+    pub balance_read: crate::wallet::reader::ReadLimits,
     pub redis_url: String,
     /// Redis Cluster seed nodes (`REDIS_CLUSTER_NODES`); empty: the single
     /// Redis at `redis_url`. When set, every Redis call goes to the cluster.
@@ -339,6 +341,14 @@ impl Config {
                 // As long as a commit may wait for a pool connection today.
                 max_wait: Duration::from_millis(vars.parse("COMMIT_QUEUE_WAIT_MS", 2_000)?),
             },
+            balance_read: crate::wallet::reader::ReadLimits {
+                // Two reads in flight keep both cores' worth of requests
+                // batching without holding more than two pool connections.
+                readers: vars.parse("BALANCE_READERS", 2)?,
+                max_batch: vars.parse("BALANCE_BATCH_MAX", 256)?,
+                queue: vars.parse("BALANCE_QUEUE_MAX", 4_096)?,
+                max_wait: Duration::from_millis(vars.parse("BALANCE_QUEUE_WAIT_MS", 2_000)?),
+            },
             // With a cluster the seeds name the Redis; REDIS_URL is then not needed.
             redis_url: match vars.get("REDIS_CLUSTER_NODES") {
                 Some(_) => vars.or("REDIS_URL", ""),
@@ -514,6 +524,8 @@ impl Config {
             ("COMMIT_BATCH_MAX_ROWS", self.commit_batch.max_rows),
             ("COMMIT_BATCH_COMMITTERS", self.commit_batch.committers),
             ("COMMIT_QUEUE_MAX", self.commit_batch.queue),
+            ("BALANCE_BATCH_MAX", self.balance_read.max_batch),
+            ("BALANCE_QUEUE_MAX", self.balance_read.queue),
         ] {
             if value == 0 {
                 return Err(ConfigError::Invalid { name, reason: "must be at least 1".into() });

@@ -21,6 +21,8 @@ pub struct AppState {
     pub gate: Gate,
     /// Group commit of credit-code redemptions.
     pub commits: crate::redemption::batcher::Batcher,
+    /// Group read of balances (POST /wallet/balance).
+    pub balances: crate::wallet::reader::BalanceReader,
     /// Abuse limits in Redis (login, registration, code attempts, failed codes).
     pub limiter: Arc<RateLimiter>,
     pub tokens: TokenKeys,
@@ -52,6 +54,7 @@ impl AppState {
         let redis = db::redis_pool(&config).await?;
         let gate = Gate::connect(&config).await?;
         let commits = crate::redemption::batcher::Batcher::start(pg.clone(), config.commit_batch);
+        let balances = crate::wallet::reader::BalanceReader::start(pg.clone(), config.balance_read);
         let limiter = Arc::new(RateLimiter::connect(&config).await?);
         let tokens = TokenKeys::for_role(&config)?;
         let credits = crate::redemption::outbox::CreditSink::for_config(&config)?;
@@ -67,6 +70,7 @@ impl AppState {
             redis,
             gate,
             commits,
+            balances,
             rebuilding: Mutex::new(HashSet::new()),
             reconciling: AtomicBool::new(false),
             reconciler_runs: AtomicU64::new(0),

@@ -33,6 +33,8 @@ pub const GATE_DURATION: &str = "gate_claim_duration_seconds";
 pub const COMMIT_DURATION: &str = "commit_duration_seconds";
 /// Rows per group-commit statement of credit codes.
 pub const COMMIT_BATCH_ROWS: &str = "commit_batch_rows";
+/// Requests per group-read statement of balances.
+pub const BALANCE_BATCH_ROWS: &str = "balance_batch_rows";
 /// Pool gauges, by `pool` (postgres, redis): size, idle, waiting.
 pub const POOL_SIZE: &str = "pool_connections";
 pub const POOL_IDLE: &str = "pool_connections_idle";

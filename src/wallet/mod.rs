@@ -2,6 +2,7 @@
 //! Code credits are written by the redemption commit, in its transaction;
 //! services' credits and debits (and top-ups paid with a voucher) by `service`.
 
+pub mod reader;
 pub mod routes;
 pub mod service;
 pub mod store;

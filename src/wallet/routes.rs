@@ -50,11 +50,17 @@ pub async fn balance(state: web::Data<AppState>, user: AuthUser, body: web::Byte
     if target != user.user_id && !user.is_admin() {
         return Err(ApiError::Forbidden("only admins may read another user's balance"));
     }
-    let db = state.pg.get().await.map_err(StoreError::from)?;
-    if target != user.user_id && !users::user_exists(&db, target).await? {
-        return Err(ApiError::NotFound("user"));
+    if target != user.user_id {
+        // An admin naming someone else: 404 for no such user.
+        let db = state.pg.get().await.map_err(StoreError::from)?;
+        if !users::user_exists(&db, target).await? {
+            return Err(ApiError::NotFound("user"));
+        }
     }
-    let balance = store::balance(&db, target).await?;
+    // Shares a statement with other requests queued behind the reads in
+    // flight, never one already sent: as fresh as a query of its own (see
+    // wallet::reader).
+    let balance = state.balances.read(target).await?;
     Ok(HttpResponse::Ok().json(BalanceResponse { user_id: target, balance, currency: &state.config.currency }))
 }
 

@@ -12,6 +12,7 @@ mod abuse;
 mod admin;
 mod auth;
 mod bad_input;
+mod balance_reads;
 mod batching;
 mod cluster;
 mod controls;

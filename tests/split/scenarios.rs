@@ -20,6 +20,7 @@ async fn split_burst_credits_every_winner_exactly_once() {
     let split = Split::start(false).await;
     split.redemption_env.create_code("SPLITBURST", AMOUNT, LIMIT);
     let users = split.users(USERS).await;
+    let tokens: std::collections::HashMap<i64, String> = users.iter().cloned().collect();
     let (outcomes, split_took) = wave(&split.redemption.address(), users, "SPLITBURST", 32, Arc::default()).await;
     let h = histogram(&outcomes);
     assert_eq!(h.get(&0), None, "clients without an answer: {h:?}");
@@ -28,6 +29,31 @@ async fn split_burst_credits_every_winner_exactly_once() {
     let report = split.report("SPLITBURST").await;
     assert_eq!(report["credits_pending"], 0, "{report}");
     assert_eq!(report["redeemed"], LIMIT, "{report}");
+    // Every user reads its balance on the wallet role, all at once (its
+    // group read): the winners their credit, the others 0.
+    let client = reqwest::Client::new();
+    let reads: Vec<_> = outcomes
+        .iter()
+        .map(|o| {
+            let expected = if matches!(o.status, 200 | 202) { AMOUNT } else { 0 };
+            let req = client
+                .post(format!("{}/wallet/balance", split.wallet.address()))
+                .bearer_auth(&tokens[&o.user_id])
+                .json(&serde_json::json!({}));
+            let user_id = o.user_id;
+            tokio::spawn(async move {
+                let body: serde_json::Value = req.send().await.unwrap().json().await.unwrap();
+                assert_eq!(
+                    (body["user_id"].as_i64(), body["balance"].as_i64()),
+                    (Some(user_id), Some(expected)),
+                    "{body}"
+                );
+            })
+        })
+        .collect();
+    for r in reads {
+        r.await.unwrap();
+    }
 
     // The single process, same burst, same machine.
     let single_env = GatewayEnv::new(Postgres::shared().create_database().await, split.redis.url());
