@@ -66,6 +66,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 /// the services' movements; the redemption role everything else (users,
 /// tokens and their public keys, codes, vouchers, coupons, the operator's).
 pub fn configure_role(cfg: &mut web::ServiceConfig, role: ServeRole) {
+    // actix tries resources in registration order, and a pattern with a
+    // `{segment}` costs a regex match: the spike's route goes first, ahead of
+    // /admin/users/{id}/... (no pattern here overlaps another).
+    if role.redeems() {
+        crate::redemption::routes::configure(cfg);
+    }
     health::configure(cfg);
     if role.holds_wallets() {
         crate::wallet::routes::configure(cfg);
@@ -73,7 +79,6 @@ pub fn configure_role(cfg: &mut web::ServiceConfig, role: ServeRole) {
     if role.redeems() {
         crate::auth::routes::configure(cfg);
         crate::auth::jwks::configure(cfg);
-        crate::redemption::routes::configure(cfg);
         crate::codes::routes::configure(cfg);
         crate::vouchers::routes::configure(cfg);
         crate::coupons::routes::configure(cfg);
