@@ -91,10 +91,7 @@ async fn a_commit_that_reaches_the_row_after_a_pause_locked_it_is_refused() {
     tx.execute("SELECT 1 FROM codes WHERE id = $1 FOR UPDATE", &[&code.id]).await.unwrap();
     // The redemption passes the cache and the gate (both say active), then
     // its commit waits for the row.
-    let redeem = {
-        let (client, url) = (app.client.clone(), format!("{}/codes/use", app.address));
-        tokio::spawn(async move { client.post(url).bearer_auth(token).json(&json!({"code": "RACE"})).send().await })
-    };
+    let redeem = use_code_in_background(&app, &token, "RACE");
     wait_for_lock_waiters(&app, 1).await;
     tx.execute("UPDATE codes SET status = 'paused', updated_at = now() WHERE id = $1", &[&code.id]).await.unwrap();
     tx.commit().await.unwrap();
@@ -116,10 +113,7 @@ async fn a_commit_held_up_before_its_check_is_refused_by_a_pause_that_lands_firs
     let mut psql = app.psql().await;
     let tx = psql.transaction().await.unwrap();
     tx.execute("SELECT 1 FROM wallets WHERE user_id = $1 FOR UPDATE", &[&user]).await.unwrap();
-    let redeem = {
-        let (client, url, token) = (app.client.clone(), format!("{}/codes/use", app.address), token.clone());
-        tokio::spawn(async move { client.post(url).bearer_auth(token).json(&json!({"code": "INFLIGHT"})).send().await })
-    };
+    let redeem = use_code_in_background(&app, &token, "INFLIGHT");
     wait_for_lock_waiters(&app, 1).await;
     let paused = app.post("/admin/codes/INFLIGHT/pause", json!({}), Some(&app.admin_token())).await;
     assert_eq!(paused.status, 200, "nothing holds the code: the pause lands at once: {:?}", paused.body);
@@ -145,10 +139,7 @@ async fn a_limit_cut_below_a_commit_held_up_before_its_check_binds_it() {
     let mut psql = app.psql().await;
     let tx = psql.transaction().await.unwrap();
     tx.execute("SELECT 1 FROM wallets WHERE user_id = $1 FOR UPDATE", &[&user]).await.unwrap();
-    let redeem = {
-        let (client, url, token) = (app.client.clone(), format!("{}/codes/use", app.address), token.clone());
-        tokio::spawn(async move { client.post(url).bearer_auth(token).json(&json!({"code": "CUT"})).send().await })
-    };
+    let redeem = use_code_in_background(&app, &token, "CUT");
     wait_for_lock_waiters(&app, 1).await;
     let admin = app.admin_token();
     let patch = |limit: i64| {
@@ -167,6 +158,18 @@ async fn a_limit_cut_below_a_commit_held_up_before_its_check_binds_it() {
     assert_eq!(crate::helpers::count_status(&answers, 200), 7);
     assert_eq!(app.redemption_counts(code.id).await, (10, 10));
     app.assert_money_invariants().await;
+}
+
+/// POST /codes/use in a task of its own, so the test can act while the
+/// request waits on a lock.
+fn use_code_in_background(
+    app: &TestApp,
+    token: &str,
+    code: &str,
+) -> tokio::task::JoinHandle<reqwest::Result<reqwest::Response>> {
+    let (client, url, token) = (app.client.clone(), format!("{}/codes/use", app.address), token.to_string());
+    let body = json!({ "code": code });
+    tokio::spawn(async move { client.post(url).bearer_auth(token).json(&body).send().await })
 }
 
 /// Waits until `n` of the app's connections wait on a lock.
