@@ -41,31 +41,11 @@ REDIS_C=${REDIS_BENCH_CLIENTS:-64}
 OUT=${BENCH_OUT:-bench/results/cluster.md}
 WORK=$(mktemp -d /tmp/redeem-bench-cluster.XXXXXX)
 
-log() { printf '[bench-cluster] %s\n' "$*" >&2; }
-die() { printf '[bench-cluster] ERROR: %s\n' "$*" >&2; exit 1; }
+BENCH_TAG=bench-cluster
+# shellcheck source=scripts/lib/bench.sh
+. scripts/lib/bench.sh
+track_pids_and_work
 load_avg() { cut -d' ' -f1-3 /proc/loadavg; }
-
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-free_port() {
-  local p
-  for p in $(seq "$1" $(( $1 + 500 ))); do
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return; fi
-  done
-  die "no free port from $1"
-}
-
-wait_ready() {
-  local _
-  for _ in $(seq 120); do curl -fsS "$1" >/dev/null 2>&1 && return; sleep 0.5; done
-  die "$1 never became ready"
-}
 
 cluster_nodes() { scripts/services.sh cluster-env | sed -n 's/^REDIS_CLUSTER_NODES=//p'; }
 

@@ -42,10 +42,9 @@ OUT=${SCALE_OUT:-bench/results/scale.md}
 WORK=$(mktemp -d /tmp/redeem-bench-scale.XXXXXX)
 MAX_BULK=20000  # per request: one big insert can outrun the statement timeout on a loaded machine
 
-log() { printf '[bench-scale] %s\n' "$*" >&2; }
-die() { printf '[bench-scale] ERROR: %s\n' "$*" >&2; exit 1; }
-psql_bench() { psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -d "$BENCH_DB" -v ON_ERROR_STOP=1 -qtA "$@"; }
-rcli() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@"; }
+BENCH_TAG=bench-scale
+# shellcheck source=scripts/lib/bench.sh
+. scripts/lib/bench.sh
 now() { date +%s.%N; }
 
 GW_PID=
@@ -54,14 +53,6 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-
-free_port() {
-  local p
-  for p in $(seq "$1" $(( $1 + 500 ))); do
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return; fi
-  done
-  die "no free port from $1"
-}
 
 wipe_prefix() {
   rcli --scan --pattern "$PREFIX:*" | xargs -r -n 1000 redis-cli -h 127.0.0.1 -p "$REDIS_PORT" unlink >/dev/null

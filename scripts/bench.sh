@@ -42,36 +42,10 @@ WRK_THREADS=${WRK_THREADS:-2}
 WRK_CONNECTIONS=${WRK_CONNECTIONS:-64}
 WORK=$(mktemp -d /tmp/redeem-bench.XXXXXX)
 
-log() { printf '[bench] %s\n' "$*" >&2; }
-die() { printf '[bench] ERROR: %s\n' "$*" >&2; exit 1; }
-psql_bench() { psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -d "$BENCH_DB" -v ON_ERROR_STOP=1 -qtA "$@"; }
-rcli() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@"; }
-
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-# A loopback port nobody listens on (bounded search).
-free_port() {
-  local p
-  for p in $(seq "$1" $(( $1 + 500 ))); do
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return; fi
-  done
-  die "no free port from $1"
-}
-
-wait_ready() {
-  local url=$1 _
-  for _ in $(seq 120); do
-    curl -fsS "$url" >/dev/null 2>&1 && return
-    sleep 0.5
-  done
-  die "$url never became ready"
-}
+BENCH_TAG=bench
+# shellcheck source=scripts/lib/bench.sh
+. scripts/lib/bench.sh
+track_pids_and_work
 
 ensure_tools() {
   command -v pgbench >/dev/null || [ -x "$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)/pgbench" ] \
