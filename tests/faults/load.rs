@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use redeem_gateway::auth::Role;
+use redeem_gateway::auth::{Role, TokenKeys};
 use serde_json::{json, Value};
 use tokio_postgres::NoTls;
 
@@ -38,7 +38,12 @@ pub async fn db(database_url: &str) -> tokio_postgres::Client {
 
 /// `n` users by SQL, with tokens minted with the gateways' secret.
 pub async fn create_users(env: &GatewayEnv, n: usize) -> Vec<(i64, String)> {
-    let client = db(&env.database_url).await;
+    create_users_in(&env.database_url, &env.tokens(), n).await
+}
+
+/// `n` users by SQL in `database_url`, with tokens minted by `keys`.
+pub async fn create_users_in(database_url: &str, keys: &TokenKeys, n: usize) -> Vec<(i64, String)> {
+    let client = db(database_url).await;
     let tag = format!("{:08x}", rand::random::<u32>());
     let rows = client
         .query(
@@ -48,7 +53,6 @@ pub async fn create_users(env: &GatewayEnv, n: usize) -> Vec<(i64, String)> {
         )
         .await
         .unwrap();
-    let keys = env.tokens();
     rows.iter()
         .map(|r| {
             let id: i64 = r.get(0);

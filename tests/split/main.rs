@@ -7,6 +7,9 @@
 #[path = "../faults/harness.rs"]
 #[allow(dead_code)]
 mod harness;
+#[path = "../faults/load.rs"]
+#[allow(dead_code)]
+mod load;
 #[path = "../support/local_pg.rs"]
 mod local_pg;
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::harness::{Gateway, GatewayEnv, Postgres};
-use crate::setup::{create_users, histogram, wave, Split};
+use crate::setup::{create_users_in, histogram, wave, Split};
 
 const AMOUNT: i64 = 25_000;
 
@@ -60,7 +60,7 @@ async fn split_burst_credits_every_winner_exactly_once() {
     single_env.create_code("SINGLEBURST", AMOUNT, LIMIT);
     let single = tokio::task::block_in_place(|| Gateway::start(&single_env));
     let keys = single_env.tokens();
-    let users = create_users(&single_env.database_url, &keys, USERS).await;
+    let users = create_users_in(&single_env.database_url, &keys, USERS).await;
     let (single_outcomes, single_took) = wave(&single.address(), users, "SINGLEBURST", 32, Arc::default()).await;
     let single_ok = histogram(&single_outcomes).get(&200).copied().unwrap_or(0);
     assert_eq!(single_ok as i64, LIMIT);

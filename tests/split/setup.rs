@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use redeem_gateway::auth::{Role, Scope, TokenKeys};
 use redeem_gateway::config::Config;
 use serde_json::{json, Value};
-use tokio_postgres::NoTls;
 
 use crate::drop_proxy::DropProxy;
 use crate::harness::{free_port, scratch_dir, Gateway, GatewayEnv, Postgres, RedisServer};
@@ -100,7 +99,7 @@ impl Split {
 
     /// `n` users (in the redemption role's database) with their tokens.
     pub async fn users(&self, n: usize) -> Vec<(i64, String)> {
-        create_users(&self.redemption_env.database_url, &self.keys(), n).await
+        create_users_in(&self.redemption_env.database_url, &self.keys(), n).await
     }
 
     /// Credits owed and not yet applied, from the outbox.
@@ -210,30 +209,7 @@ fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     v
 }
 
-pub async fn db(url: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(url, NoTls).await.unwrap();
-    tokio::spawn(conn);
-    client
-}
-
-pub async fn create_users(database_url: &str, keys: &TokenKeys, n: usize) -> Vec<(i64, String)> {
-    let client = db(database_url).await;
-    let tag = format!("{:08x}", rand::random::<u32>());
-    let rows = client
-        .query(
-            "INSERT INTO users (username, password_hash)
-             SELECT 's' || $1::text || '_' || g, '!' FROM generate_series(1, $2::int) g RETURNING id",
-            &[&tag, &(n as i32)],
-        )
-        .await
-        .unwrap();
-    rows.iter()
-        .map(|r| {
-            let id: i64 = r.get(0);
-            (id, keys.issue(id, Role::User).unwrap())
-        })
-        .collect()
-}
+pub use crate::load::{create_users_in, db};
 
 /// The final answer one user got (0: none within the patience).
 #[derive(Debug, Clone, Copy)]
